@@ -1,0 +1,148 @@
+# lockerd: one GNU Makefile. Objects go out of tree: build/ for the normal
+# build, build-san/ for the sanitizer build that `make check` runs.
+#
+#   make deps    install the Debian packages (quick when they are present)
+#   make         build lockerd, locksim and the tools into build/
+#   make test    deps + build + unit and integration tests
+#   make check   the same tests under ASan + UBSan + LSan, in build-san/
+#   make run     deps + build + the controller against the simulator
+#   make bench   deps + build + benchmarks (JSON lines on stdout)
+#   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS
+
+BUILD     ?= build
+SAN       ?= 0
+CC        ?= cc
+PKG_CONFIG ?= pkg-config
+PYTHON    ?= /usr/bin/python3
+VERSION   := 0.1.0
+
+PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih
+
+DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
+	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
+	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
+	python3 valgrind
+
+WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
+	-Wshadow -Wformat=2
+CFLAGS ?= -O2 -g
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' \
+	$(WARN) $(CFLAGS) -MMD -MP -Iproto -Icontroller -I$(BUILD)/gen \
+	$(PKG_CFLAGS)
+ALL_LDFLAGS = $(LDFLAGS)
+LIBS = $(PKG_LIBS) -lpthread -lm
+
+ifeq ($(SAN),1)
+ALL_CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer
+ALL_LDFLAGS += -fsanitize=address,undefined
+endif
+
+PROTO_SRC := proto/board.c proto/board_builtin.c
+CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
+	controller/lockerd.c controller/jsonl.c \
+	controller/store.c controller/mb.c controller/ctl.c controller/util.c
+GEN_SRC   := $(BUILD)/gen/embedded.c
+
+BOARD_FILES  := $(sort $(wildcard proto/boards/*.ini))
+SCHEMA_FILES := $(sort $(wildcard schema/*.sql))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+PROTO_OBJ := $(call obj,$(PROTO_SRC)) $(BUILD)/obj/gen/embedded.o
+CORE_OBJ  := $(call obj,$(CORE_SRC))
+
+BINS := $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/mbping
+
+UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
+	$(BUILD)/test_store $(BUILD)/test_physics
+
+.PHONY: all deps test check run bench fuzz clean unit integration \
+	_test _bench
+all: $(BINS)
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
+		grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing$$missing"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/tools/embed: tools/embed.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) -O2 -o $@ $<
+
+$(GEN_SRC): $(BUILD)/tools/embed $(BOARD_FILES) $(SCHEMA_FILES) \
+		controller/lockerd.conf
+	@mkdir -p $(dir $@)
+	{ $(BUILD)/tools/embed boards $(BOARD_FILES) && \
+	  $(BUILD)/tools/embed schema $(SCHEMA_FILES) | grep -v '^#include' && \
+	  $(BUILD)/tools/embed conf controller/lockerd.conf | \
+	  grep -v '^#include'; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/embedded.o: $(GEN_SRC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/lockerd: $(call obj,controller/main.c) $(CORE_OBJ) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/locksim: $(call obj,sim/locksim.c sim/physics.c) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/mbping: $(call obj,tests/bench/mbping.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+# Unit tests link only the files under test (plus cmocka).
+$(BUILD)/test_board: $(call obj,tests/unit/test_board.c) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+$(BUILD)/test_bank: $(call obj,tests/unit/test_bank.c controller/bank.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ -lcmocka
+$(BUILD)/test_config: $(call obj,tests/unit/test_config.c controller/config.c controller/log.c controller/util.c) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+$(BUILD)/test_store: $(call obj,tests/unit/test_store.c controller/store.c controller/log.c controller/util.c) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
+$(BUILD)/test_physics: $(call obj,tests/unit/test_physics.c sim/physics.c) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
+# The test targets install what they need first, then re-enter make so that
+# pkg-config sees the freshly installed libraries.
+test: deps
+	@$(MAKE) --no-print-directory _test
+
+check: deps
+	@$(MAKE) --no-print-directory BUILD=build-san SAN=1 _test
+
+_test: $(BINS) $(UNIT_TESTS)
+	@$(PYTHON) tests/run.py --build $(BUILD) $(UNIT_TESTS)
+
+unit: $(UNIT_TESTS)
+	@$(PYTHON) tests/run.py --build $(BUILD) --unit-only $(UNIT_TESTS)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@$(PYTHON) tests/run_demo.py --build $(BUILD)
+
+bench: deps
+	@$(MAKE) --no-print-directory _bench
+
+_bench: $(BINS)
+	@$(PYTHON) tests/bench/bench.py --build $(BUILD)
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,807 @@
+/*
+ * Configuration: the INI file (libinih), its built-in default, overrides
+ * from the command line, and the checks that turn a bad file into
+ * "file:line: reason" before anything starts.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "embed.h"
+#include "util.h"
+
+#define CONFIG_FILE_MAX (1024 * 1024)
+#define CONFIG_LINE_MAX 199 /* libinih's INI_MAX_LINE less the NUL */
+#define SEEN_MAX 1024
+
+struct parse {
+	struct config *c;
+	const char *origin;
+	const char *text;     /* what the reader walks */
+	const char *pos;
+	int line;             /* line of the pair being handled */
+	char reason[256];
+	int err_line;
+	char seen[SEEN_MAX][72];
+	int nseen;
+};
+
+static const char *
+find_default(void)
+{
+	size_t i;
+
+	for (i = 0; i < embed_conf_count; i++)
+		if (strcmp(embed_conf[i].name, "lockerd.conf") == 0)
+			return embed_conf[i].text;
+	return "";
+}
+
+const char *
+config_default_text(void)
+{
+	return find_default();
+}
+
+static int
+fail(struct parse *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int
+fail(struct parse *p, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (p->reason[0] == '\0') {
+		va_start(ap, fmt);
+		vsnprintf(p->reason, sizeof(p->reason), fmt, ap);
+		va_end(ap);
+		p->err_line = p->line;
+	}
+	return 0;
+}
+
+static int
+parse_int(const char *s, long lo, long hi, int *out)
+{
+	char *end;
+	long v;
+
+	if (*s == '\0')
+		return -1;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < lo || v > hi)
+		return -1;
+	*out = (int)v;
+	return 0;
+}
+
+static int
+valid_name(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n >= max)
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-')
+			return 0;
+	return 1;
+}
+
+/* Reader for ini_parse_stream that counts lines, so errors name them. */
+static char *
+parse_reader(char *str, int num, void *stream)
+{
+	struct parse *p = stream;
+	const char *nl;
+	size_t n;
+
+	if (*p->pos == '\0')
+		return NULL;
+	nl = strchr(p->pos, '\n');
+	n = nl ? (size_t)(nl - p->pos) + 1 : strlen(p->pos);
+	if (n > (size_t)num - 1)
+		n = (size_t)num - 1; /* prescan already refused long lines */
+	memcpy(str, p->pos, n);
+	str[n] = '\0';
+	p->pos += n;
+	p->line++;
+	return str;
+}
+
+/* Long lines and duplicate sections, which libinih would pass silently. */
+static int
+parse_prescan(struct parse *p)
+{
+	char sections[CONFIG_BUSES_MAX + CONFIG_BOARDS_MAX + 16][64];
+	int nsections = 0, line = 0, i;
+	const char *s = p->text, *nl, *q, *end;
+	size_t n;
+
+	while (*s) {
+		line++;
+		nl = strchr(s, '\n');
+		n = nl ? (size_t)(nl - s) : strlen(s);
+		p->line = line;
+		if (n > CONFIG_LINE_MAX)
+			return fail(p, "line longer than %d characters",
+			    CONFIG_LINE_MAX), -1;
+		for (q = s; q < s + n && isspace((unsigned char)*q); q++)
+			;
+		if (q < s + n && *q == '[') {
+			end = memchr(q, ']', (size_t)(s + n - q));
+			if (end != NULL && end - q - 1 < 64) {
+				char name[64];
+				memcpy(name, q + 1, (size_t)(end - q - 1));
+				name[end - q - 1] = '\0';
+				for (i = 0; i < nsections; i++)
+					if (strcmp(sections[i], name) == 0)
+						return fail(p,
+						    "duplicate section [%s]",
+						    name), -1;
+				if (nsections ==
+				    (int)(sizeof(sections) / sizeof(sections[0])))
+					return fail(p, "too many sections"), -1;
+				memcpy(sections[nsections++], name,
+				    sizeof(name));
+			}
+		}
+		s += n + (nl ? 1 : 0);
+	}
+	return 0;
+}
+
+static int
+seen_key(struct parse *p, const char *section, const char *name)
+{
+	char key[72];
+	int i;
+
+	snprintf(key, sizeof(key), "%s\x1f%s", section, name);
+	for (i = 0; i < p->nseen; i++)
+		if (strcmp(p->seen[i], key) == 0)
+			return 1;
+	if (p->nseen < SEEN_MAX)
+		memcpy(p->seen[p->nseen++], key, sizeof(key));
+	return 0;
+}
+
+struct int_key {
+	const char *name;
+	size_t offset;
+	long lo, hi;
+};
+
+#define TK(n, lo, hi) { #n, offsetof(struct config_timing, n), lo, hi }
+static const struct int_key timing_keys[] = {
+	TK(poll_ms, 20, 5000),
+	TK(debounce_ms, 0, 2000),
+	TK(unlock_confirm_ms, 500, 30000),
+	TK(unlock_retries, 0, 3),
+	TK(door_left_open_s, 10, 86400),
+	TK(door_left_open_repeat_s, 10, 86400),
+	TK(startup_read_ms, 100, 60000),
+	TK(board_backoff_min_ms, 50, 600000),
+	TK(board_backoff_max_ms, 50, 3600000),
+};
+
+static int
+set_int_key(struct parse *p, const struct int_key *keys, size_t nkeys,
+    void *base, const char *section, const char *name, const char *value)
+{
+	size_t i;
+
+	for (i = 0; i < nkeys; i++) {
+		if (strcmp(keys[i].name, name) != 0)
+			continue;
+		if (parse_int(value, keys[i].lo, keys[i].hi,
+		    (int *)((char *)base + keys[i].offset)) == -1)
+			return fail(p,
+			    "[%s] %s must be a whole number from %ld to %ld, "
+			    "not '%.40s'", section, name, keys[i].lo,
+			    keys[i].hi, value);
+		return 1;
+	}
+	return fail(p, "unknown key '%.40s' in [%s]", name, section);
+}
+
+static int
+set_path(struct parse *p, char *dst, size_t len, const char *name,
+    const char *value)
+{
+	if (util_strlcpy(dst, value, len) == -1)
+		return fail(p, "%s is longer than %zu characters", name,
+		    len - 1);
+	return 1;
+}
+
+static int
+handle_locker(struct parse *p, const char *name, const char *value)
+{
+	struct config *c = p->c;
+
+	if (strcmp(name, "id") == 0) {
+		if (!valid_name(value, sizeof(c->locker_id)))
+			return fail(p, "id must be 1-64 of A-Z a-z 0-9 _ -, "
+			    "not '%.40s'", value);
+		memcpy(c->locker_id, value, strlen(value) + 1);
+		return 1;
+	}
+	if (strcmp(name, "state_dir") == 0) {
+		if (*value == '\0')
+			return fail(p, "state_dir must not be empty");
+		return set_path(p, c->state_dir, sizeof(c->state_dir), name,
+		    value);
+	}
+	if (strcmp(name, "database") == 0)
+		return set_path(p, c->database, sizeof(c->database), name,
+		    value);
+	if (strcmp(name, "profile_dir") == 0)
+		return set_path(p, c->profile_dir, sizeof(c->profile_dir),
+		    name, value);
+	return fail(p, "unknown key '%.40s' in [locker]", name);
+}
+
+static int
+handle_log(struct parse *p, const char *name, const char *value)
+{
+	if (strcmp(name, "level") == 0) {
+		if (log_level_parse(value, &p->c->log_level) == -1)
+			return fail(p, "level must be error, warn, info or "
+			    "debug, not '%.40s'", value);
+		return 1;
+	}
+	if (strcmp(name, "target") == 0) {
+		if (strcmp(value, "stderr") == 0)
+			p->c->log_syslog = 0;
+		else if (strcmp(value, "syslog") == 0)
+			p->c->log_syslog = 1;
+		else
+			return fail(p, "target must be stderr or syslog, not "
+			    "'%.40s'", value);
+		return 1;
+	}
+	return fail(p, "unknown key '%.40s' in [log]", name);
+}
+
+static struct config_bus *
+bus_get(struct parse *p, const char *name)
+{
+	struct config *c = p->c;
+	struct config_bus *b;
+	int i;
+
+	for (i = 0; i < c->nbuses; i++)
+		if (strcmp(c->buses[i].name, name) == 0)
+			return &c->buses[i];
+	if (!valid_name(name, CONFIG_NAME_MAX)) {
+		fail(p, "bus name must be 1-31 of A-Z a-z 0-9 _ -, not '%.40s'",
+		    name);
+		return NULL;
+	}
+	if (c->nbuses == CONFIG_BUSES_MAX) {
+		fail(p, "more than %d buses", CONFIG_BUSES_MAX);
+		return NULL;
+	}
+	b = &c->buses[c->nbuses++];
+	memset(b, 0, sizeof(*b));
+	memcpy(b->name, name, strlen(name) + 1);
+	b->type = CONFIG_BUS_TCP;
+	util_strlcpy(b->host, "127.0.0.1", sizeof(b->host));
+	b->port = 502;
+	b->baud = 9600;
+	b->parity = 'N';
+	b->data_bits = 8;
+	b->stop_bits = 1;
+	b->rs485 = CONFIG_RS485_AUTO;
+	b->timeout_ms = 200;
+	b->line = p->line;
+	return b;
+}
+
+static int
+handle_bus(struct parse *p, const char *bname, const char *name,
+    const char *value)
+{
+	struct config_bus *b = bus_get(p, bname);
+
+	if (b == NULL)
+		return 0;
+	if (strcmp(name, "type") == 0) {
+		if (strcmp(value, "tcp") == 0)
+			b->type = CONFIG_BUS_TCP;
+		else if (strcmp(value, "rtu") == 0)
+			b->type = CONFIG_BUS_RTU;
+		else
+			return fail(p, "type must be tcp or rtu, not '%.40s'",
+			    value);
+		return 1;
+	}
+	if (strcmp(name, "host") == 0) {
+		if (*value == '\0')
+			return fail(p, "host must not be empty");
+		return set_path(p, b->host, sizeof(b->host), name, value);
+	}
+	if (strcmp(name, "device") == 0)
+		return set_path(p, b->device, sizeof(b->device), name, value);
+	if (strcmp(name, "parity") == 0) {
+		if (strcmp(value, "N") && strcmp(value, "E") &&
+		    strcmp(value, "O"))
+			return fail(p, "parity must be N, E or O, not '%.40s'",
+			    value);
+		b->parity = value[0];
+		return 1;
+	}
+	if (strcmp(name, "rs485") == 0) {
+		if (strcmp(value, "auto") == 0)
+			b->rs485 = CONFIG_RS485_AUTO;
+		else if (strcmp(value, "on") == 0)
+			b->rs485 = CONFIG_RS485_ON;
+		else if (strcmp(value, "off") == 0)
+			b->rs485 = CONFIG_RS485_OFF;
+		else
+			return fail(p, "rs485 must be auto, on or off, not "
+			    "'%.40s'", value);
+		return 1;
+	}
+	if (strcmp(name, "data_bits") == 0) {
+		if (parse_int(value, 7, 8, &b->data_bits) == -1)
+			return fail(p, "data_bits must be 7 or 8");
+		return 1;
+	}
+	if (strcmp(name, "stop_bits") == 0) {
+		if (parse_int(value, 1, 2, &b->stop_bits) == -1)
+			return fail(p, "stop_bits must be 1 or 2");
+		return 1;
+	}
+	{
+		static const struct int_key keys[] = {
+			{ "port", offsetof(struct config_bus, port), 1, 65535 },
+			{ "baud", offsetof(struct config_bus, baud), 1200,
+			  921600 },
+			{ "timeout_ms", offsetof(struct config_bus, timeout_ms),
+			  10, 5000 },
+		};
+		char section[48];
+
+		snprintf(section, sizeof(section), "bus %s", bname);
+		return set_int_key(p, keys, sizeof(keys) / sizeof(keys[0]), b,
+		    section, name, value);
+	}
+}
+
+static struct config_board *
+board_get(struct parse *p, const char *name)
+{
+	struct config *c = p->c;
+	struct config_board *b;
+	int i;
+
+	for (i = 0; i < c->nboards; i++)
+		if (strcmp(c->boards[i].name, name) == 0)
+			return &c->boards[i];
+	if (!valid_name(name, CONFIG_NAME_MAX)) {
+		fail(p, "board name must be 1-31 of A-Z a-z 0-9 _ -, not "
+		    "'%.40s'", name);
+		return NULL;
+	}
+	if (c->nboards == CONFIG_BOARDS_MAX) {
+		fail(p, "more than %d boards", CONFIG_BOARDS_MAX);
+		return NULL;
+	}
+	b = &c->boards[c->nboards++];
+	memset(b, 0, sizeof(*b));
+	memcpy(b->name, name, strlen(name) + 1);
+	b->bus = -1;
+	b->line = p->line;
+	return b;
+}
+
+static int
+handle_board(struct parse *p, const char *bname, const char *name,
+    const char *value)
+{
+	struct config_board *b = board_get(p, bname);
+
+	if (b == NULL)
+		return 0;
+	if (strcmp(name, "bus") == 0) {
+		if (!valid_name(value, CONFIG_NAME_MAX))
+			return fail(p, "bus must name a [bus NAME] section");
+		memcpy(b->bus_name, value, strlen(value) + 1);
+		return 1;
+	}
+	if (strcmp(name, "unit") == 0) {
+		if (parse_int(value, 1, 247, &b->unit) == -1)
+			return fail(p, "unit must be a Modbus unit id from 1 "
+			    "to 247, not '%.40s'", value);
+		return 1;
+	}
+	if (strcmp(name, "profile") == 0) {
+		if (!valid_name(value, BOARD_NAME_MAX))
+			return fail(p, "profile must be a profile name, not "
+			    "'%.40s'", value);
+		memcpy(b->profile_name, value, strlen(value) + 1);
+		return 1;
+	}
+	return fail(p, "unknown key '%.40s' in [board %s]", name, bname);
+}
+
+/* "N" or "FIRST-LAST" = "BOARD:CHANNEL SIZE" */
+static int
+handle_cells(struct parse *p, const char *name, const char *value)
+{
+	struct config *c = p->c;
+	char key[32], board[CONFIG_NAME_MAX], size[4], extra[2];
+	int first, last, channel, i, n;
+	char *dash;
+
+	if (util_strlcpy(key, name, sizeof(key)) == -1)
+		return fail(p, "cell '%.40s' is not a number or range", name);
+	dash = strchr(key, '-');
+	if (dash != NULL)
+		*dash = '\0';
+	if (parse_int(key, 1, CONFIG_CELL_NUMBER_MAX, &first) == -1 ||
+	    (dash != NULL &&
+	     parse_int(dash + 1, 1, CONFIG_CELL_NUMBER_MAX, &last) == -1))
+		return fail(p, "cell '%.40s' must be a number or a range "
+		    "FIRST-LAST of numbers from 1 to %d", name,
+		    CONFIG_CELL_NUMBER_MAX);
+	if (dash == NULL)
+		last = first;
+	if (last < first)
+		return fail(p, "cell range '%.40s' runs backwards", name);
+	n = sscanf(value, "%31[A-Za-z0-9_-]:%d %3s %1s", board, &channel,
+	    size, extra);
+	if (n != 3 || strlen(size) != 1 || strchr("SML", size[0]) == NULL)
+		return fail(p, "cell %.40s must be 'BOARD:CHANNEL SIZE' with "
+		    "SIZE S, M or L, not '%.60s'", name, value);
+	if (channel < 1 || channel > BOARD_CHANNELS_MAX)
+		return fail(p, "channel %d is out of range 1 to %d", channel,
+		    BOARD_CHANNELS_MAX);
+	for (n = first; n <= last; n++) {
+		for (i = 0; i < c->ncells; i++)
+			if (c->cells[i].number == n)
+				return fail(p, "cell %d is defined twice "
+				    "(first at line %d)", n, c->cells[i].line);
+		if (c->ncells == CONFIG_CELLS_MAX)
+			return fail(p, "more than %d cells", CONFIG_CELLS_MAX);
+		c->cells[c->ncells].number = n;
+		c->cells[c->ncells].board = -1;
+		memcpy(c->cells[c->ncells].board_name, board,
+		    sizeof(board));
+		c->cells[c->ncells].channel = channel + (n - first);
+		c->cells[c->ncells].size = size[0];
+		c->cells[c->ncells].line = p->line;
+		c->ncells++;
+	}
+	return 1;
+}
+
+static int
+config_handler(void *user, const char *section, const char *name,
+    const char *value)
+{
+	struct parse *p = user;
+
+	if (seen_key(p, section, name))
+		return fail(p, "'%.40s' is set twice in [%.40s]", name,
+		    section);
+	if (strcmp(section, "locker") == 0)
+		return handle_locker(p, name, value);
+	if (strcmp(section, "log") == 0)
+		return handle_log(p, name, value);
+	if (strcmp(section, "control") == 0) {
+		if (strcmp(name, "socket") == 0)
+			return set_path(p, p->c->control_socket,
+			    sizeof(p->c->control_socket), name, value);
+		return fail(p, "unknown key '%.40s' in [control]", name);
+	}
+	if (strcmp(section, "timing") == 0)
+		return set_int_key(p, timing_keys,
+		    sizeof(timing_keys) / sizeof(timing_keys[0]),
+		    &p->c->timing, section, name, value);
+	if (strcmp(section, "cells") == 0)
+		return handle_cells(p, name, value);
+	if (strncmp(section, "bus ", 4) == 0)
+		return handle_bus(p, section + 4, name, value);
+	if (strncmp(section, "board ", 6) == 0)
+		return handle_board(p, section + 6, name, value);
+	if (section[0] == '\0')
+		return fail(p, "'%.40s' is outside any section", name);
+	return fail(p, "unknown section [%.40s]", section);
+}
+
+static void
+config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	util_strlcpy(c->locker_id, "demo-locker", sizeof(c->locker_id));
+	util_strlcpy(c->state_dir, "lockerd-state", sizeof(c->state_dir));
+	c->log_level = LOG_LEVEL_INFO;
+	c->timing.poll_ms = 100;
+	c->timing.debounce_ms = 150;
+	c->timing.unlock_confirm_ms = 3000;
+	c->timing.unlock_retries = 1;
+	c->timing.door_left_open_s = 120;
+	c->timing.door_left_open_repeat_s = 300;
+	c->timing.startup_read_ms = 3000;
+	c->timing.board_backoff_min_ms = 500;
+	c->timing.board_backoff_max_ms = 30000;
+}
+
+static int
+parse_text(struct parse *p, const char *origin, const char *text)
+{
+	int rc;
+
+	p->origin = origin;
+	p->text = p->pos = text;
+	p->line = 0;
+	p->reason[0] = '\0';
+	if (parse_prescan(p) == -1)
+		return -1;
+	p->line = 0;
+	rc = ini_parse_stream(parse_reader, p, config_handler, p);
+	if (rc != 0 && p->reason[0] == '\0') {
+		p->err_line = rc;
+		snprintf(p->reason, sizeof(p->reason),
+		    "syntax error (expected [section] or key = value)");
+	}
+	return p->reason[0] ? -1 : 0;
+}
+
+static int
+load_profile(struct config *c, struct config_board *b, char *err,
+    size_t errlen, const char *origin)
+{
+	const struct board_profile *bp = board_builtin(b->profile_name);
+	char path[CONFIG_PATH_MAX + 64], *text;
+	FILE *f;
+	size_t n;
+	int rc;
+
+	if (bp != NULL) {
+		b->profile = *bp;
+		return 0;
+	}
+	if (c->profile_dir[0] == '\0') {
+		snprintf(err, errlen, "%s:%d: unknown board profile '%s' "
+		    "(built in: generic-24, generic-16, waveshare-relay-d; "
+		    "set profile_dir for others)", origin, b->line,
+		    b->profile_name);
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/%s.ini", c->profile_dir,
+	    b->profile_name);
+	if ((f = fopen(path, "r")) == NULL) {
+		snprintf(err, errlen, "%s:%d: board profile '%s': %s: %s",
+		    origin, b->line, b->profile_name, path, strerror(errno));
+		return -1;
+	}
+	text = calloc(1, 65536);
+	if (text == NULL) {
+		fclose(f);
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	n = fread(text, 1, 65535, f);
+	fclose(f);
+	rc = n == 65535 ? -1 : board_profile_parse(text, path, &b->profile,
+	    err, errlen);
+	if (n == 65535)
+		snprintf(err, errlen, "%s: profile file is too large", path);
+	free(text);
+	return rc;
+}
+
+static int
+config_resolve(struct config *c, const char *origin, char *err,
+    size_t errlen)
+{
+	int i, j;
+
+	for (i = 0; i < c->nbuses; i++) {
+		struct config_bus *bus = &c->buses[i];
+		if (bus->type == CONFIG_BUS_RTU && bus->device[0] == '\0') {
+			snprintf(err, errlen, "%s:%d: [bus %s] of type rtu "
+			    "needs device", origin, bus->line, bus->name);
+			return -1;
+		}
+	}
+	for (i = 0; i < c->nboards; i++) {
+		struct config_board *b = &c->boards[i];
+		if (b->bus_name[0] == '\0' || b->unit == 0 ||
+		    b->profile_name[0] == '\0') {
+			snprintf(err, errlen, "%s:%d: [board %s] needs bus, "
+			    "unit and profile", origin, b->line, b->name);
+			return -1;
+		}
+		for (j = 0; j < c->nbuses; j++)
+			if (strcmp(c->buses[j].name, b->bus_name) == 0)
+				b->bus = j;
+		if (b->bus == -1) {
+			snprintf(err, errlen, "%s:%d: [board %s] is on bus "
+			    "'%s', which has no [bus %s] section", origin,
+			    b->line, b->name, b->bus_name, b->bus_name);
+			return -1;
+		}
+		for (j = 0; j < i; j++)
+			if (c->boards[j].bus == b->bus &&
+			    c->boards[j].unit == b->unit) {
+				snprintf(err, errlen, "%s:%d: [board %s] has "
+				    "the same unit %d on bus %s as [board %s]",
+				    origin, b->line, b->name, b->unit,
+				    b->bus_name, c->boards[j].name);
+				return -1;
+			}
+		if (load_profile(c, b, err, errlen, origin) == -1)
+			return -1;
+	}
+	if (c->ncells == 0) {
+		snprintf(err, errlen, "%s: no [cells] defined", origin);
+		return -1;
+	}
+	for (i = 0; i < c->ncells; i++) {
+		struct config_cell *cell = &c->cells[i];
+		for (j = 0; j < c->nboards; j++)
+			if (strcmp(c->boards[j].name, cell->board_name) == 0)
+				cell->board = j;
+		if (cell->board == -1) {
+			snprintf(err, errlen, "%s:%d: cell %d is on board "
+			    "'%s', which has no [board %s] section", origin,
+			    cell->line, cell->number, cell->board_name,
+			    cell->board_name);
+			return -1;
+		}
+		if (cell->channel >
+		    c->boards[cell->board].profile.channels) {
+			snprintf(err, errlen, "%s:%d: cell %d is on channel "
+			    "%d, but board %s (%s) has %d channels", origin,
+			    cell->line, cell->number, cell->channel,
+			    cell->board_name,
+			    c->boards[cell->board].profile_name,
+			    c->boards[cell->board].profile.channels);
+			return -1;
+		}
+		for (j = 0; j < i; j++)
+			if (c->cells[j].board == cell->board &&
+			    c->cells[j].channel == cell->channel) {
+				snprintf(err, errlen, "%s:%d: cell %d uses "
+				    "board %s channel %d, as cell %d does",
+				    origin, cell->line, cell->number,
+				    cell->board_name, cell->channel,
+				    c->cells[j].number);
+				return -1;
+			}
+	}
+	if (c->timing.board_backoff_max_ms < c->timing.board_backoff_min_ms) {
+		snprintf(err, errlen, "%s: board_backoff_max_ms is less than "
+		    "board_backoff_min_ms", origin);
+		return -1;
+	}
+	if (c->database[0] == '\0' &&
+	    snprintf(c->database, sizeof(c->database), "%s/lockerd.db",
+	    c->state_dir) >= (int)sizeof(c->database)) {
+		snprintf(err, errlen, "%s: state_dir is too long", origin);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+apply_override(struct parse *p, const char *ov, int index)
+{
+	char buf[512], *eq, *dot;
+
+	p->line = index;
+	if (util_strlcpy(buf, ov, sizeof(buf)) == -1)
+		return fail(p, "override is too long"), -1;
+	eq = strchr(buf, '=');
+	if (eq == NULL)
+		return fail(p, "expected SECTION.KEY=VALUE, not '%.60s'", ov),
+		    -1;
+	*eq = '\0';
+	dot = strrchr(buf, '.');
+	if (dot == NULL || dot == buf || dot[1] == '\0')
+		return fail(p, "expected SECTION.KEY=VALUE, not '%.60s'", ov),
+		    -1;
+	*dot = '\0';
+	/* An override may set a key the file already set. */
+	p->nseen = 0;
+	return config_handler(p, buf, dot + 1, eq + 1) ? 0 : -1;
+}
+
+static char *
+read_file(const char *path, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+	char *buf;
+	size_t n;
+
+	if (f == NULL) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	buf = malloc(CONFIG_FILE_MAX + 1);
+	if (buf == NULL) {
+		fclose(f);
+		snprintf(err, errlen, "%s: out of memory", path);
+		return NULL;
+	}
+	n = fread(buf, 1, CONFIG_FILE_MAX + 1, f);
+	if (ferror(f) || n > CONFIG_FILE_MAX) {
+		snprintf(err, errlen, "%s: %s", path, ferror(f) ?
+		    strerror(errno) : "larger than 1 MiB");
+		fclose(f);
+		free(buf);
+		return NULL;
+	}
+	fclose(f);
+	buf[n] = '\0';
+	if (memchr(buf, '\0', n) != NULL) {
+		snprintf(err, errlen, "%s: contains a NUL byte", path);
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+int
+config_load(struct config *c, const char *path, char *const *overrides,
+    char *err, size_t errlen)
+{
+	struct parse *p;
+	const char *origin = path ? path : "(built-in default)";
+	char *text = NULL;
+	int rc = -1, i;
+
+	config_defaults(c);
+	p = calloc(1, sizeof(*p));
+	if (p == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	p->c = c;
+	if (path != NULL && (text = read_file(path, err, errlen)) == NULL)
+		goto out;
+	if (parse_text(p, origin, text ? text : config_default_text()) ==
+	    -1) {
+		snprintf(err, errlen, "%s:%d: %s", origin, p->err_line,
+		    p->reason);
+		goto out;
+	}
+	for (i = 0; overrides != NULL && overrides[i] != NULL; i++) {
+		p->origin = "--set";
+		if (apply_override(p, overrides[i], i + 1) == -1) {
+			snprintf(err, errlen, "--set %s: %s", overrides[i],
+			    p->reason);
+			goto out;
+		}
+	}
+	rc = config_resolve(c, origin, err, errlen);
+out:
+	free(text);
+	free(p);
+	return rc;
+}
+
+const struct config_cell *
+config_cell_find(const struct config *c, int number)
+{
+	int i;
+
+	for (i = 0; i < c->ncells; i++)
+		if (c->cells[i].number == number)
+			return &c->cells[i];
+	return NULL;
+}

@@ -1,0 +1,99 @@
+/*
+ * Configuration: the INI file (libinih), its built-in default, overrides
+ * from the command line, and the checks that turn a bad file into
+ * "file:line: reason" before anything starts.
+ */
+#ifndef LOCKERD_CONFIG_H
+#define LOCKERD_CONFIG_H
+
+#include <stddef.h>
+
+#include "board.h"
+#include "log.h"
+
+#define CONFIG_NAME_MAX 32
+#define CONFIG_PATH_MAX 256
+#define CONFIG_BUSES_MAX 8
+#define CONFIG_BOARDS_MAX 32
+#define CONFIG_CELLS_MAX 512
+#define CONFIG_CELL_NUMBER_MAX 999
+
+enum config_bus_type { CONFIG_BUS_TCP, CONFIG_BUS_RTU };
+enum config_rs485 { CONFIG_RS485_AUTO, CONFIG_RS485_ON, CONFIG_RS485_OFF };
+
+struct config_bus {
+	char name[CONFIG_NAME_MAX];
+	enum config_bus_type type;
+	char host[64];
+	int port;
+	char device[CONFIG_PATH_MAX];
+	int baud;
+	char parity;
+	int data_bits;
+	int stop_bits;
+	enum config_rs485 rs485;
+	int timeout_ms;
+	int line;
+};
+
+struct config_board {
+	char name[CONFIG_NAME_MAX];
+	char bus_name[CONFIG_NAME_MAX];
+	int bus;                 /* index into buses, resolved after parsing */
+	int unit;
+	char profile_name[BOARD_NAME_MAX];
+	struct board_profile profile;
+	int line;
+};
+
+struct config_cell {
+	int number;
+	int board;               /* index into boards */
+	char board_name[CONFIG_NAME_MAX];
+	int channel;             /* 1-based */
+	char size;               /* 'S', 'M', 'L' */
+	int line;
+};
+
+struct config_timing {
+	int poll_ms;
+	int debounce_ms;
+	int unlock_confirm_ms;
+	int unlock_retries;
+	int door_left_open_s;
+	int door_left_open_repeat_s;
+	int startup_read_ms;
+	int board_backoff_min_ms;
+	int board_backoff_max_ms;
+};
+
+struct config {
+	char locker_id[65];
+	char state_dir[CONFIG_PATH_MAX];
+	char database[CONFIG_PATH_MAX];
+	char profile_dir[CONFIG_PATH_MAX];
+	enum log_level log_level;
+	int log_syslog;
+	char control_socket[108];
+	struct config_timing timing;
+
+	struct config_bus buses[CONFIG_BUSES_MAX];
+	int nbuses;
+	struct config_board boards[CONFIG_BOARDS_MAX];
+	int nboards;
+	struct config_cell cells[CONFIG_CELLS_MAX];
+	int ncells;
+};
+
+/*
+ * Loads path, or the built-in default when path is NULL, then applies the
+ * overrides ("section.key=value", NULL-terminated; may be NULL). On error
+ * returns -1 with "origin:line: reason" in err.
+ */
+int config_load(struct config *c, const char *path, char *const *overrides,
+    char *err, size_t errlen);
+/* The built-in default configuration text (controller/lockerd.conf). */
+const char *config_default_text(void);
+const struct config_cell *config_cell_find(const struct config *c, int number);
+
+#endif

@@ -1,0 +1,421 @@
+/*
+ * The store: lockerd's SQLite database, the only module that speaks SQL.
+ * One writer connection, WAL with synchronous=FULL (NORMAL may lose the last
+ * commits on power loss), BEGIN IMMEDIATE (busy_timeout is not honoured when
+ * a deferred transaction upgrades), migrations from schema/ at start-up.
+ */
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "embed.h"
+#include "log.h"
+#include "util.h"
+
+enum {
+	ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
+	ST_CELL_DEFINE, ST_CELL_GET, ST_CELL_SAVE,
+	ST_EVENT_APPEND, ST_EVENT_LAST, ST_EVENTS_AFTER,
+	ST_COUNT
+};
+
+static const char *const sql_text[ST_COUNT] = {
+	[ST_BEGIN] = "BEGIN IMMEDIATE",
+	[ST_COMMIT] = "COMMIT",
+	[ST_ROLLBACK] = "ROLLBACK",
+	[ST_CELL_DEFINE] =
+	    "INSERT INTO cells (number, board, channel, size, updated) "
+	    "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (number) DO UPDATE SET "
+	    "board = ?2, channel = ?3, size = ?4 "
+	    "WHERE board != ?2 OR channel != ?3 OR size != ?4",
+	[ST_CELL_GET] =
+	    "SELECT board, channel, size, door, item, in_service, "
+	    "coalesce(fault, ''), unlock_pending FROM cells WHERE number = ?1",
+	[ST_CELL_SAVE] =
+	    "UPDATE cells SET door = ?2, item = ?3, in_service = ?4, "
+	    "fault = nullif(?5, ''), unlock_pending = ?6, updated = ?7 "
+	    "WHERE number = ?1",
+	[ST_EVENT_APPEND] =
+	    "INSERT INTO events (seq, time, type, cell, body) "
+	    "VALUES (?1, ?2, ?3, ?4, ?5)",
+	[ST_EVENT_LAST] = "SELECT coalesce(max(seq), 0) FROM events",
+	[ST_EVENTS_AFTER] =
+	    "SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+};
+
+struct store {
+	sqlite3 *db;
+	sqlite3_stmt *st[ST_COUNT];
+	int64_t next_seq;
+	int in_tx;
+};
+
+static int
+schema_number(const char *name)
+{
+	int n = 0, i;
+
+	for (i = 0; i < 3; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return -1;
+		n = n * 10 + (name[i] - '0');
+	}
+	return name[3] == '_' ? n : -1;
+}
+
+int
+store_schema_latest(void)
+{
+	int latest = 0, n;
+	size_t i;
+
+	for (i = 0; i < embed_schema_count; i++)
+		if ((n = schema_number(embed_schema[i].name)) > latest)
+			latest = n;
+	return latest;
+}
+
+static int
+exec(struct store *s, const char *sql, char *err, size_t errlen)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		snprintf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(s->db));
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+user_version(struct store *s)
+{
+	sqlite3_stmt *st;
+	int v = -1;
+
+	if (sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) !=
+	    SQLITE_OK)
+		return -1;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
+/* Applies schema/NNN_*.sql above user_version, one transaction each. */
+static int
+store_migrate(struct store *s, const char *path, char *err, size_t errlen)
+{
+	int have = user_version(s), latest = store_schema_latest(), n;
+	char sql[64], msg[256];
+	size_t i;
+
+	if (have < 0) {
+		snprintf(err, errlen, "%s: cannot read the schema version: %s",
+		    path, sqlite3_errmsg(s->db));
+		return -1;
+	}
+	if (have > latest) {
+		snprintf(err, errlen, "%s: the database has schema version %d, "
+		    "newer than the %d this lockerd knows; run a newer lockerd "
+		    "or restore a backup", path, have, latest);
+		return -1;
+	}
+	for (n = have + 1; n <= latest; n++) {
+		const struct embed_file *f = NULL;
+
+		for (i = 0; i < embed_schema_count; i++)
+			if (schema_number(embed_schema[i].name) == n)
+				f = &embed_schema[i];
+		if (f == NULL) {
+			snprintf(err, errlen, "schema step %03d is missing", n);
+			return -1;
+		}
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", n);
+		if (exec(s, "BEGIN IMMEDIATE", msg, sizeof(msg)) == -1 ||
+		    exec(s, f->text, msg, sizeof(msg)) == -1 ||
+		    exec(s, sql, msg, sizeof(msg)) == -1 ||
+		    exec(s, "COMMIT", msg, sizeof(msg)) == -1) {
+			snprintf(err, errlen, "%s: migration %s failed: %s",
+			    path, f->name, msg);
+			exec(s, "ROLLBACK", msg, sizeof(msg));
+			return -1;
+		}
+		log_info("database %s: applied %s", path, f->name);
+	}
+	return 0;
+}
+
+struct store *
+store_open(const char *path, char *err, size_t errlen)
+{
+	struct store *s;
+	char msg[256];
+	int i;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE |
+	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "%s: %s", path, s->db ?
+		    sqlite3_errmsg(s->db) : "cannot open");
+		goto fail;
+	}
+	sqlite3_extended_result_codes(s->db, 1);
+	sqlite3_busy_timeout(s->db, 5000);
+	if (exec(s, "PRAGMA journal_mode = WAL", msg, sizeof(msg)) == -1 ||
+	    exec(s, "PRAGMA synchronous = FULL", msg, sizeof(msg)) == -1 ||
+	    exec(s, "PRAGMA foreign_keys = ON", msg, sizeof(msg)) == -1) {
+		snprintf(err, errlen, "%s: %s", path, msg);
+		goto fail;
+	}
+	if (store_migrate(s, path, err, errlen) == -1)
+		goto fail;
+	for (i = 0; i < ST_COUNT; i++)
+		if (sqlite3_prepare_v3(s->db, sql_text[i], -1,
+		    SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
+			snprintf(err, errlen, "%s: preparing '%s': %s", path,
+			    sql_text[i], sqlite3_errmsg(s->db));
+			goto fail;
+		}
+	s->next_seq = store_event_last(s) + 1;
+	if (s->next_seq <= 0) {
+		snprintf(err, errlen, "%s: cannot read the ledger: %s", path,
+		    sqlite3_errmsg(s->db));
+		goto fail;
+	}
+	return s;
+fail:
+	store_close(s);
+	return NULL;
+}
+
+void
+store_close(struct store *s)
+{
+	int i;
+
+	if (s == NULL)
+		return;
+	for (i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(s->st[i]);
+	if (s->db != NULL && sqlite3_close(s->db) != SQLITE_OK)
+		log_error("closing the database: %s", sqlite3_errmsg(s->db));
+	free(s);
+}
+
+/* Runs a prepared statement that returns no rows; logs failures once. */
+static int
+step_done(struct store *s, int which)
+{
+	sqlite3_stmt *st = s->st[which];
+	int rc = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (rc != SQLITE_DONE) {
+		log_error("database: %s: %s", sql_text[which],
+		    sqlite3_errmsg(s->db));
+		return -1;
+	}
+	return 0;
+}
+
+int
+store_begin(struct store *s)
+{
+	if (step_done(s, ST_BEGIN) == -1)
+		return -1;
+	s->in_tx = 1;
+	return 0;
+}
+
+int
+store_commit(struct store *s)
+{
+	if (step_done(s, ST_COMMIT) == -1) {
+		store_rollback(s);
+		return -1;
+	}
+	s->in_tx = 0;
+	return 0;
+}
+
+void
+store_rollback(struct store *s)
+{
+	if (sqlite3_get_autocommit(s->db) == 0)
+		step_done(s, ST_ROLLBACK);
+	s->in_tx = 0;
+	/* Sequence numbers handed out in the failed transaction are free. */
+	s->next_seq = store_event_last(s) + 1;
+}
+
+int64_t
+store_boot(struct store *s)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t boot = -1;
+
+	if (store_begin(s) == -1)
+		return -1;
+	if (sqlite3_prepare_v2(s->db,
+	    "INSERT INTO meta (key, value) VALUES ('boot', '1') "
+	    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 "
+	    "RETURNING CAST(value AS INTEGER)", -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW) {
+		log_error("database: counting boots: %s", sqlite3_errmsg(s->db));
+		sqlite3_finalize(st);
+		store_rollback(s);
+		return -1;
+	}
+	boot = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	if (store_commit(s) == -1)
+		return -1;
+	return boot;
+}
+
+int
+store_cell_define(struct store *s, int number, const char *board,
+    int channel, char size)
+{
+	sqlite3_stmt *st = s->st[ST_CELL_DEFINE];
+	char sz[2] = { size, '\0' };
+
+	sqlite3_bind_int(st, 1, number);
+	sqlite3_bind_text(st, 2, board, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 3, channel);
+	sqlite3_bind_text(st, 4, sz, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 5, util_wall_ms());
+	return step_done(s, ST_CELL_DEFINE);
+}
+
+int
+store_cell_get(struct store *s, int number, struct store_cell *out)
+{
+	sqlite3_stmt *st = s->st[ST_CELL_GET];
+	const unsigned char *t;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	sqlite3_bind_int(st, 1, number);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		out->number = number;
+		t = sqlite3_column_text(st, 0);
+		util_strlcpy(out->board, t ? (const char *)t : "",
+		    sizeof(out->board));
+		out->channel = sqlite3_column_int(st, 1);
+		t = sqlite3_column_text(st, 2);
+		out->size = t ? (char)t[0] : '?';
+		t = sqlite3_column_text(st, 3);
+		util_strlcpy(out->door, t ? (const char *)t : "unknown",
+		    sizeof(out->door));
+		out->item = sqlite3_column_type(st, 4) == SQLITE_NULL ? -1 :
+		    sqlite3_column_int(st, 4);
+		out->in_service = sqlite3_column_int(st, 5);
+		t = sqlite3_column_text(st, 6);
+		util_strlcpy(out->fault, t ? (const char *)t : "",
+		    sizeof(out->fault));
+		out->unlock_pending = sqlite3_column_int(st, 7);
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (rc == SQLITE_ROW)
+		return 0;
+	if (rc != SQLITE_DONE)
+		log_error("database: reading cell %d: %s", number,
+		    sqlite3_errmsg(s->db));
+	return -1;
+}
+
+int
+store_cell_save(struct store *s, const struct store_cell *c)
+{
+	sqlite3_stmt *st = s->st[ST_CELL_SAVE];
+
+	sqlite3_bind_int(st, 1, c->number);
+	sqlite3_bind_text(st, 2, c->door, -1, SQLITE_TRANSIENT);
+	if (c->item < 0)
+		sqlite3_bind_null(st, 3);
+	else
+		sqlite3_bind_int(st, 3, c->item);
+	sqlite3_bind_int(st, 4, c->in_service);
+	sqlite3_bind_text(st, 5, c->fault, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 6, c->unlock_pending);
+	sqlite3_bind_int64(st, 7, util_wall_ms());
+	return step_done(s, ST_CELL_SAVE);
+}
+
+int
+store_event_append(struct store *s, int64_t wall_ms, const char *type,
+    int cell, store_body_fn body_fn, void *arg, int64_t *seq_out)
+{
+	sqlite3_stmt *st = s->st[ST_EVENT_APPEND];
+	int64_t seq = s->next_seq;
+	char *body;
+
+	if ((body = body_fn(seq, arg)) == NULL) {
+		log_error("event %s: cannot encode its body", type);
+		return -1;
+	}
+	sqlite3_bind_int64(st, 1, seq);
+	sqlite3_bind_int64(st, 2, wall_ms);
+	sqlite3_bind_text(st, 3, type, -1, SQLITE_TRANSIENT);
+	if (cell > 0)
+		sqlite3_bind_int(st, 4, cell);
+	else
+		sqlite3_bind_null(st, 4);
+	sqlite3_bind_text(st, 5, body, -1, free);
+	if (step_done(s, ST_EVENT_APPEND) == -1)
+		return -1;
+	s->next_seq = seq + 1;
+	if (seq_out != NULL)
+		*seq_out = seq;
+	return 0;
+}
+
+int64_t
+store_event_last(struct store *s)
+{
+	sqlite3_stmt *st = s->st[ST_EVENT_LAST];
+	int64_t last = -1;
+
+	if (sqlite3_step(st) == SQLITE_ROW)
+		last = sqlite3_column_int64(st, 0);
+	else
+		log_error("database: reading the ledger: %s",
+		    sqlite3_errmsg(s->db));
+	sqlite3_reset(st);
+	return last;
+}
+
+int
+store_events_after(struct store *s, int64_t after, int limit,
+    store_event_fn fn, void *arg)
+{
+	sqlite3_stmt *st = s->st[ST_EVENTS_AFTER];
+	int rc, ret = 0;
+
+	sqlite3_bind_int64(st, 1, after);
+	sqlite3_bind_int(st, 2, limit);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if (fn(sqlite3_column_int64(st, 0),
+		    (const char *)sqlite3_column_text(st, 1), arg) == -1)
+			break;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading events: %s",
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}

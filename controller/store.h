@@ -1,0 +1,63 @@
+/*
+ * The store: lockerd's SQLite database, the only module that speaks SQL.
+ * One writer connection, WAL with synchronous=FULL, BEGIN IMMEDIATE, and
+ * migrations from schema/ applied at start-up.
+ */
+#ifndef LOCKERD_STORE_H
+#define LOCKERD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+struct store_cell {
+	int number;
+	char board[32];
+	int channel;
+	char size;
+	char door[8];        /* "open" | "closed" | "unknown" */
+	int item;            /* -1 unknown */
+	int in_service;
+	char fault[32];      /* "" when none */
+	int unlock_pending;
+};
+
+/* Opens (creating) the database and migrates it. err gets the reason. */
+struct store *store_open(const char *path, char *err, size_t errlen);
+void store_close(struct store *s);
+/* The schema version this binary knows: the highest schema/NNN. */
+int store_schema_latest(void);
+
+int store_begin(struct store *s);
+int store_commit(struct store *s);
+void store_rollback(struct store *s);
+
+/* Increments and returns the boot counter (own transaction). */
+int64_t store_boot(struct store *s);
+
+/*
+ * Makes the cells table match the configuration's wiring (inserting new
+ * cells, updating moved ones); must be inside a transaction.
+ */
+int store_cell_define(struct store *s, int number, const char *board,
+    int channel, char size);
+int store_cell_get(struct store *s, int number, struct store_cell *out);
+int store_cell_save(struct store *s, const struct store_cell *c);
+
+/*
+ * Appends an event inside the current transaction. body_fmt receives the
+ * sequence number the event will get and must return the JSON body
+ * (malloc'ed) or NULL.
+ */
+typedef char *(*store_body_fn)(int64_t seq, void *arg);
+int store_event_append(struct store *s, int64_t wall_ms, const char *type,
+    int cell, store_body_fn body_fn, void *arg, int64_t *seq_out);
+int64_t store_event_last(struct store *s);
+
+/* Calls fn(seq, body, arg) for events with seq > after, at most limit. */
+typedef int (*store_event_fn)(int64_t seq, const char *body, void *arg);
+int store_events_after(struct store *s, int64_t after, int limit,
+    store_event_fn fn, void *arg);
+
+#endif
