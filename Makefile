@@ -134,7 +134,7 @@ unit: $(UNIT_TESTS)
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	@$(PYTHON) tests/run_demo.py --build $(BUILD)
+	@$(PYTHON) sim/run.py --build $(BUILD)
 
 bench: deps
 	@$(MAKE) --no-print-directory _bench

@@ -302,26 +302,17 @@ reconcile_cell(struct bank *b, int cell, int64_t now,
 	push_save(out, cell);
 }
 
-static void
-reconcile_board(struct bank *b, int board, int64_t now,
-    struct bank_actions *out)
-{
-	int i;
-
-	for (i = 0; i < b->ncells; i++)
-		if (b->cells[i].board == board)
-			reconcile_cell(b, i, now, out);
-}
-
 void
 bank_reconcile(struct bank *b, int64_t now, struct bank_actions *out)
 {
 	int i;
 
+	(void)now;
+	(void)out;
 	b->started = 1;
-	for (i = 0; i < b->nboards; i++)
-		if (b->boards[i].seen)
-			reconcile_board(b, i, now, out);
+	for (i = 0; i < b->ncells; i++)
+		if (b->boards[b->cells[i].board].seen)
+			b->cells[i].reconcile = 1;
 }
 
 void
@@ -332,6 +323,7 @@ bank_inputs(struct bank *b, int board, const uint8_t *door_open,
 	struct bank_board *bd = &b->boards[board];
 	int i, first = !bd->seen;
 
+	(void)out;
 	bd->seen = 1;
 	for (i = 0; i < b->ncells; i++) {
 		struct bank_cell *c = &b->cells[i];
@@ -346,20 +338,12 @@ bank_inputs(struct bank *b, int board, const uint8_t *door_open,
 		}
 		if (item != NULL && item[c->channel - 1] != c->item) {
 			c->item = item[c->channel - 1];
-			if (b->started)
-				push_save(out, i);
+			c->item_dirty = b->started;
 		}
+		/* A board first heard after start-up is reconciled too. */
+		if (first && b->started)
+			c->reconcile = 1;
 	}
-	if (!b->started)
-		return;
-	/* A board first heard after start-up is reconciled like the rest. */
-	if (first) {
-		reconcile_board(b, board, now, out);
-		return;
-	}
-	for (i = 0; i < b->ncells; i++)
-		if (b->cells[i].board == board)
-			debounce_check(b, i, now, out);
 }
 
 void
@@ -440,17 +424,28 @@ confirm_check(struct bank *b, int cell, int64_t now,
 	push_save(out, cell);
 }
 
-void
+/* The most actions one cell can need in one tick. */
+#define BANK_CELL_ACTIONS 12
+
+int
 bank_tick(struct bank *b, int64_t now, struct bank_actions *out)
 {
 	struct bank_action *a;
 	int i;
 
 	if (!b->started)
-		return;
+		return 0;
 	for (i = 0; i < b->ncells; i++) {
 		struct bank_cell *c = &b->cells[i];
 
+		/* Bounded output: the rest waits for the next call, which
+		 * bank_next_deadline() asks for at once. */
+		if (out->n + BANK_CELL_ACTIONS > BANK_ACTIONS_MAX)
+			return 1;
+		if (c->reconcile) {
+			c->reconcile = 0;
+			reconcile_cell(b, i, now, out);
+		}
 		debounce_check(b, i, now, out);
 		confirm_check(b, i, now, out);
 		if (c->door == BANK_DOOR_OPEN && now >= c->left_open_next) {
@@ -459,7 +454,12 @@ bank_tick(struct bank *b, int64_t now, struct bank_actions *out)
 				a->open_s = (now - c->opened_at) / 1000;
 			c->left_open_next = now + b->t.door_left_open_repeat_ms;
 		}
+		if (c->item_dirty) {
+			c->item_dirty = 0;
+			push_save(out, i);
+		}
 	}
+	return 0;
 }
 
 int64_t
@@ -472,6 +472,9 @@ bank_next_deadline(const struct bank *b)
 		return next;
 	for (i = 0; i < b->ncells; i++) {
 		const struct bank_cell *c = &b->cells[i];
+
+		if (c->reconcile || c->item_dirty)
+			return INT64_MIN;
 
 		if (c->raw != -1 && b->boards[c->board].seen &&
 		    (c->raw != (c->door == BANK_DOOR_OPEN) ||

@@ -47,6 +47,10 @@ struct bank_action {
 	char text[BANK_TEXT_MAX];
 };
 
+/*
+ * Calls that may touch many cells (bank_tick) stop before the buffer is
+ * full and report that more work is waiting; the others need a handful.
+ */
 #define BANK_ACTIONS_MAX 64
 
 struct bank_actions {
@@ -83,6 +87,8 @@ struct bank_cell {
 	int expect_open;     /* restored: an unlock was pending at shutdown */
 	int64_t left_open_next;
 	int64_t opened_at;
+	int reconcile;       /* compare sensor and stored state next tick */
+	int item_dirty;      /* item sensor changed: save next tick */
 };
 
 struct bank_board {
@@ -119,18 +125,26 @@ enum bank_refusal bank_unlock(struct bank *b, int cell, int64_t now,
     struct bank_actions *out);
 void bank_unlock_result(struct bank *b, int cell, int ok, const char *error,
     int64_t now, struct bank_actions *out);
-/* A board's sample: door_open[ch-1], item[ch-1] (item NULL if none). */
+/*
+ * A board's sample: door_open[ch-1], item[ch-1] (item NULL if none). Only
+ * records it; the following bank_tick turns it into events.
+ */
 void bank_inputs(struct bank *b, int board, const uint8_t *door_open,
     const uint8_t *item, int nchannels, int64_t now,
     struct bank_actions *out);
 void bank_board_status(struct bank *b, int board, int ok, const char *error,
     int64_t now, struct bank_actions *out);
-/* Start-up: compares every sampled door with its stored state. */
+/*
+ * Start-up: from now on the bank serves; every sampled door is compared
+ * with its stored state by the following bank_tick calls.
+ */
 void bank_reconcile(struct bank *b, int64_t now, struct bank_actions *out);
 enum bank_refusal bank_set_service(struct bank *b, int cell, int in_service,
     int64_t now, struct bank_actions *out);
-void bank_tick(struct bank *b, int64_t now, struct bank_actions *out);
-/* The earliest time bank_tick has work, or INT64_MAX. */
+/* Timers and pending comparisons; returns 1 if work is left for the
+ * next call (the output was nearly full). */
+int bank_tick(struct bank *b, int64_t now, struct bank_actions *out);
+/* The earliest time bank_tick has work (INT64_MIN: now), or INT64_MAX. */
 int64_t bank_next_deadline(const struct bank *b);
 
 const char *bank_refusal_str(enum bank_refusal r);

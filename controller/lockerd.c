@@ -233,10 +233,13 @@ void
 lockerd_tick(struct lockerd *d)
 {
 	struct bank_actions acts;
+	int more;
 
-	memset(&acts, 0, sizeof(acts));
-	bank_tick(&d->bank, util_mono_ms(), &acts);
-	lockerd_apply(d, &acts);
+	do {
+		memset(&acts, 0, sizeof(acts));
+		more = bank_tick(&d->bank, util_mono_ms(), &acts);
+		lockerd_apply(d, &acts);
+	} while (more);
 }
 
 static int
@@ -335,7 +338,8 @@ first_read(struct lockerd *d)
 	json_decref(extra);
 	memset(&acts, 0, sizeof(acts));
 	bank_reconcile(&d->bank, util_mono_ms(), &acts);
-	return lockerd_apply(d, &acts);
+	lockerd_tick(d);
+	return 0;
 }
 
 int

@@ -107,6 +107,7 @@ start(struct fixture *f)
 	inputs(f, 0, 0, 0, 0);
 	inputs(f, 1, 0, 0, 0);
 	bank_reconcile(&f->b, 0, &f->acts);
+	tick(f, 0);
 	assert_string_equal(render(f), "");
 }
 
@@ -411,6 +412,8 @@ test_reconcile(void **state)
 		assert_int_equal(bank_unlock(&f.b, 0, 0, &f.acts),
 		    BANK_ERR_NOT_STARTED);
 		bank_reconcile(&f.b, 0, &f.acts);
+		assert_string_equal(render(&f), "");
+		tick(&f, 0);
 		assert_string_equal(render(&f), cases[i].want);
 		assert_int_equal(f.cells[0].door, cases[i].open ?
 		    BANK_DOOR_OPEN : BANK_DOOR_CLOSED);
@@ -428,10 +431,13 @@ test_board_first_heard_after_start(void **state)
 	inputs(&f, 0, 0, 0, 0);
 	bank_board_status(&f.b, 1, 0, "no reply (timeout)", 0, &f.acts);
 	bank_reconcile(&f.b, 0, &f.acts);
+	tick(&f, 0);
 	assert_string_equal(render(&f), "board_fault:b1");
 	/* Cell 3's door was forced while its board was away. */
 	bank_board_status(&f.b, 1, 1, NULL, 5000, &f.acts);
 	inputs(&f, 1, 1, 0, 5000);
+	assert_true(bank_next_deadline(&f.b) == INT64_MIN);
+	tick(&f, 5000);
 	assert_string_equal(render(&f), "board_recovered:b1 reconciled:3 "
 	    "door_opened:3! forced_open:3 save:3");
 }
@@ -466,11 +472,52 @@ test_item_sensor_saved(void **state)
 	fixture_init(&f, NULL);
 	start(&f);
 	bank_inputs(&f.b, 0, door, item, 2, 100, &f.acts);
+	tick(&f, 100);
 	assert_string_equal(render(&f), "save:1 save:2");
 	assert_int_equal(f.cells[0].item, 1);
 	assert_int_equal(f.cells[1].item, 0);
 	bank_inputs(&f.b, 0, door, item, 2, 200, &f.acts);
+	tick(&f, 200);
 	assert_string_equal(render(&f), "");
+}
+
+/* Many cells with work at once: the output stays bounded, and repeated
+ * ticks finish the job without losing any. */
+static void
+test_tick_output_is_bounded(void **state)
+{
+	enum { N = 40 };
+	struct bank_cell cells[N];
+	struct bank_board board;
+	struct bank_actions acts;
+	struct bank b;
+	uint8_t door[N];
+	int i, rounds = 0, events = 0, more;
+
+	(void)state;
+	memset(cells, 0, sizeof(cells));
+	for (i = 0; i < N; i++) {
+		cells[i].number = i + 1;
+		cells[i].channel = i + 1;
+		cells[i].door = BANK_DOOR_CLOSED;
+		cells[i].in_service = 1;
+		door[i] = 1;
+	}
+	bank_init(&b, cells, N, &board, 1, &timing);
+	bank_inputs(&b, 0, door, NULL, N, 0, &acts);
+	bank_reconcile(&b, 0, &acts);
+	do {
+		memset(&acts, 0, sizeof(acts));
+		more = bank_tick(&b, 0, &acts);
+		assert_false(acts.overflow);
+		for (i = 0; i < acts.n; i++)
+			events += acts.a[i].type == BANK_ACT_EVENT &&
+			    acts.a[i].ev == BANK_EV_FORCED_OPEN;
+		rounds++;
+	} while (more);
+	assert_int_equal(events, N);
+	assert_true(rounds > 1);
+	assert_true(bank_next_deadline(&b) == 10000);
 }
 
 static void
@@ -508,6 +555,7 @@ main(void)
 		cmocka_unit_test(test_board_first_heard_after_start),
 		cmocka_unit_test(test_next_deadline),
 		cmocka_unit_test(test_item_sensor_saved),
+		cmocka_unit_test(test_tick_output_is_bounded),
 		cmocka_unit_test(test_names),
 	};
 
