@@ -29,7 +29,7 @@ CFLAGS ?= -O2 -g
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' \
-	$(WARN) $(CFLAGS) -MMD -MP -Iproto -Icontroller -I$(BUILD)/gen \
+	$(WARN) $(CFLAGS) -MMD -MP -Iproto -Icontroller -Isim -I$(BUILD)/gen \
 	$(PKG_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS)
 LIBS = $(PKG_LIBS) -lpthread -lm
@@ -40,7 +40,7 @@ ALL_CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all \
 ALL_LDFLAGS += -fsanitize=address,undefined
 endif
 
-PROTO_SRC := proto/board.c proto/board_builtin.c
+PROTO_SRC := proto/board.c proto/board_builtin.c proto/inicheck.c
 CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
 	controller/lockerd.c controller/jsonl.c \
 	controller/store.c controller/mb.c controller/ctl.c controller/util.c

@@ -16,18 +16,18 @@
 #include <string.h>
 
 #include "embed.h"
+#include "inicheck.h"
 #include "util.h"
 
 #define CONFIG_FILE_MAX (1024 * 1024)
-#define CONFIG_LINE_MAX 199 /* libinih's INI_MAX_LINE less the NUL */
 #define SEEN_MAX 1024
 
 struct parse {
 	struct config *c;
 	const char *origin;
-	const char *text;     /* what the reader walks */
-	const char *pos;
-	int line;             /* line of the pair being handled */
+	struct inicheck_reader rd;
+	int line;             /* line of the pair being handled; -N: --set N */
+	int section_line;     /* line of the current [section] header */
 	char reason[256];
 	int err_line;
 	char seen[SEEN_MAX][72];
@@ -97,67 +97,19 @@ valid_name(const char *s, size_t max)
 	return 1;
 }
 
-/* Reader for ini_parse_stream that counts lines, so errors name them. */
+/* Counts lines, and remembers where the current section began. */
 static char *
 parse_reader(char *str, int num, void *stream)
 {
 	struct parse *p = stream;
-	const char *nl;
-	size_t n;
+	char *line = inicheck_read(str, num, &p->rd);
 
-	if (*p->pos == '\0')
-		return NULL;
-	nl = strchr(p->pos, '\n');
-	n = nl ? (size_t)(nl - p->pos) + 1 : strlen(p->pos);
-	if (n > (size_t)num - 1)
-		n = (size_t)num - 1; /* prescan already refused long lines */
-	memcpy(str, p->pos, n);
-	str[n] = '\0';
-	p->pos += n;
-	p->line++;
-	return str;
-}
-
-/* Long lines and duplicate sections, which libinih would pass silently. */
-static int
-parse_prescan(struct parse *p)
-{
-	char sections[CONFIG_BUSES_MAX + CONFIG_BOARDS_MAX + 16][64];
-	int nsections = 0, line = 0, i;
-	const char *s = p->text, *nl, *q, *end;
-	size_t n;
-
-	while (*s) {
-		line++;
-		nl = strchr(s, '\n');
-		n = nl ? (size_t)(nl - s) : strlen(s);
-		p->line = line;
-		if (n > CONFIG_LINE_MAX)
-			return fail(p, "line longer than %d characters",
-			    CONFIG_LINE_MAX), -1;
-		for (q = s; q < s + n && isspace((unsigned char)*q); q++)
-			;
-		if (q < s + n && *q == '[') {
-			end = memchr(q, ']', (size_t)(s + n - q));
-			if (end != NULL && end - q - 1 < 64) {
-				char name[64];
-				memcpy(name, q + 1, (size_t)(end - q - 1));
-				name[end - q - 1] = '\0';
-				for (i = 0; i < nsections; i++)
-					if (strcmp(sections[i], name) == 0)
-						return fail(p,
-						    "duplicate section [%s]",
-						    name), -1;
-				if (nsections ==
-				    (int)(sizeof(sections) / sizeof(sections[0])))
-					return fail(p, "too many sections"), -1;
-				memcpy(sections[nsections++], name,
-				    sizeof(name));
-			}
-		}
-		s += n + (nl ? 1 : 0);
+	if (line != NULL) {
+		p->line = p->rd.line;
+		if (line[0] == '[')
+			p->section_line = p->line;
 	}
-	return 0;
+	return line;
 }
 
 static int
@@ -304,7 +256,7 @@ bus_get(struct parse *p, const char *name)
 	b->stop_bits = 1;
 	b->rs485 = CONFIG_RS485_AUTO;
 	b->timeout_ms = 200;
-	b->line = p->line;
+	b->line = p->section_line;
 	return b;
 }
 
@@ -402,7 +354,7 @@ board_get(struct parse *p, const char *name)
 	memset(b, 0, sizeof(*b));
 	memcpy(b->name, name, strlen(name) + 1);
 	b->bus = -1;
-	b->line = p->line;
+	b->line = p->section_line;
 	return b;
 }
 
@@ -542,17 +494,22 @@ config_defaults(struct config *c)
 static int
 parse_text(struct parse *p, const char *origin, const char *text)
 {
+	static const char *const sections[] = {
+		"locker", "log", "control", "timing", "cells", "bus ", "board ",
+		NULL,
+	};
 	int rc;
 
 	p->origin = origin;
-	p->text = p->pos = text;
-	p->line = 0;
 	p->reason[0] = '\0';
-	if (parse_prescan(p) == -1)
+	if (inicheck_text(text, sections, &p->err_line, p->reason,
+	    sizeof(p->reason)) == -1)
 		return -1;
-	p->line = 0;
+	p->rd.pos = text;
+	p->rd.line = 0;
 	rc = ini_parse_stream(parse_reader, p, config_handler, p);
-	if (rc != 0 && p->reason[0] == '\0') {
+	/* A syntax error comes before any handler's complaint. */
+	if (rc != 0 && (p->reason[0] == '\0' || p->err_line != rc)) {
 		p->err_line = rc;
 		snprintf(p->reason, sizeof(p->reason),
 		    "syntax error (expected [section] or key = value)");
@@ -560,9 +517,21 @@ parse_text(struct parse *p, const char *origin, const char *text)
 	return p->reason[0] ? -1 : 0;
 }
 
+/* "FILE:LINE" for what the file said, "--set X" for an override. */
+static const char *
+where(char *buf, size_t len, const char *origin, int line,
+    char *const *overrides)
+{
+	if (line < 0)
+		snprintf(buf, len, "--set %s", overrides[-line - 1]);
+	else
+		snprintf(buf, len, "%s:%d", origin, line);
+	return buf;
+}
+
 static int
 load_profile(struct config *c, struct config_board *b, char *err,
-    size_t errlen, const char *origin)
+    size_t errlen, const char *at)
 {
 	const struct board_profile *bp = board_builtin(b->profile_name);
 	char path[CONFIG_PATH_MAX + 64], *text;
@@ -575,17 +544,16 @@ load_profile(struct config *c, struct config_board *b, char *err,
 		return 0;
 	}
 	if (c->profile_dir[0] == '\0') {
-		snprintf(err, errlen, "%s:%d: unknown board profile '%s' "
+		snprintf(err, errlen, "%s: unknown board profile '%s' "
 		    "(built in: generic-24, generic-16, waveshare-relay-d; "
-		    "set profile_dir for others)", origin, b->line,
-		    b->profile_name);
+		    "set profile_dir for others)", at, b->profile_name);
 		return -1;
 	}
 	snprintf(path, sizeof(path), "%s/%s.ini", c->profile_dir,
 	    b->profile_name);
 	if ((f = fopen(path, "r")) == NULL) {
-		snprintf(err, errlen, "%s:%d: board profile '%s': %s: %s",
-		    origin, b->line, b->profile_name, path, strerror(errno));
+		snprintf(err, errlen, "%s: board profile '%s': %s: %s", at,
+		    b->profile_name, path, strerror(errno));
 		return -1;
 	}
 	text = calloc(1, 65536);
@@ -605,46 +573,50 @@ load_profile(struct config *c, struct config_board *b, char *err,
 }
 
 static int
-config_resolve(struct config *c, const char *origin, char *err,
-    size_t errlen)
+config_resolve(struct config *c, const char *origin, char *const *ov,
+    char *err, size_t errlen)
 {
+	char at[CONFIG_PATH_MAX + 64];
 	int i, j;
 
 	for (i = 0; i < c->nbuses; i++) {
 		struct config_bus *bus = &c->buses[i];
 		if (bus->type == CONFIG_BUS_RTU && bus->device[0] == '\0') {
-			snprintf(err, errlen, "%s:%d: [bus %s] of type rtu "
-			    "needs device", origin, bus->line, bus->name);
+			snprintf(err, errlen, "%s: [bus %s] of type rtu "
+			    "needs device", where(at, sizeof(at), origin,
+			    bus->line, ov), bus->name);
 			return -1;
 		}
 	}
 	for (i = 0; i < c->nboards; i++) {
 		struct config_board *b = &c->boards[i];
+
+		where(at, sizeof(at), origin, b->line, ov);
 		if (b->bus_name[0] == '\0' || b->unit == 0 ||
 		    b->profile_name[0] == '\0') {
-			snprintf(err, errlen, "%s:%d: [board %s] needs bus, "
-			    "unit and profile", origin, b->line, b->name);
+			snprintf(err, errlen, "%s: [board %s] needs bus, "
+			    "unit and profile", at, b->name);
 			return -1;
 		}
 		for (j = 0; j < c->nbuses; j++)
 			if (strcmp(c->buses[j].name, b->bus_name) == 0)
 				b->bus = j;
 		if (b->bus == -1) {
-			snprintf(err, errlen, "%s:%d: [board %s] is on bus "
-			    "'%s', which has no [bus %s] section", origin,
-			    b->line, b->name, b->bus_name, b->bus_name);
+			snprintf(err, errlen, "%s: [board %s] is on bus "
+			    "'%s', which has no [bus %s] section", at,
+			    b->name, b->bus_name, b->bus_name);
 			return -1;
 		}
 		for (j = 0; j < i; j++)
 			if (c->boards[j].bus == b->bus &&
 			    c->boards[j].unit == b->unit) {
-				snprintf(err, errlen, "%s:%d: [board %s] has "
+				snprintf(err, errlen, "%s: [board %s] has "
 				    "the same unit %d on bus %s as [board %s]",
-				    origin, b->line, b->name, b->unit,
-				    b->bus_name, c->boards[j].name);
+				    at, b->name, b->unit, b->bus_name,
+				    c->boards[j].name);
 				return -1;
 			}
-		if (load_profile(c, b, err, errlen, origin) == -1)
+		if (load_profile(c, b, err, errlen, at) == -1)
 			return -1;
 	}
 	if (c->ncells == 0) {
@@ -653,21 +625,22 @@ config_resolve(struct config *c, const char *origin, char *err,
 	}
 	for (i = 0; i < c->ncells; i++) {
 		struct config_cell *cell = &c->cells[i];
+
+		where(at, sizeof(at), origin, cell->line, ov);
 		for (j = 0; j < c->nboards; j++)
 			if (strcmp(c->boards[j].name, cell->board_name) == 0)
 				cell->board = j;
 		if (cell->board == -1) {
-			snprintf(err, errlen, "%s:%d: cell %d is on board "
-			    "'%s', which has no [board %s] section", origin,
-			    cell->line, cell->number, cell->board_name,
-			    cell->board_name);
+			snprintf(err, errlen, "%s: cell %d is on board "
+			    "'%s', which has no [board %s] section", at,
+			    cell->number, cell->board_name, cell->board_name);
 			return -1;
 		}
 		if (cell->channel >
 		    c->boards[cell->board].profile.channels) {
-			snprintf(err, errlen, "%s:%d: cell %d is on channel "
-			    "%d, but board %s (%s) has %d channels", origin,
-			    cell->line, cell->number, cell->channel,
+			snprintf(err, errlen, "%s: cell %d is on channel "
+			    "%d, but board %s (%s) has %d channels", at,
+			    cell->number, cell->channel,
 			    cell->board_name,
 			    c->boards[cell->board].profile_name,
 			    c->boards[cell->board].profile.channels);
@@ -676,9 +649,9 @@ config_resolve(struct config *c, const char *origin, char *err,
 		for (j = 0; j < i; j++)
 			if (c->cells[j].board == cell->board &&
 			    c->cells[j].channel == cell->channel) {
-				snprintf(err, errlen, "%s:%d: cell %d uses "
+				snprintf(err, errlen, "%s: cell %d uses "
 				    "board %s channel %d, as cell %d does",
-				    origin, cell->line, cell->number,
+				    at, cell->number,
 				    cell->board_name, cell->channel,
 				    c->cells[j].number);
 				return -1;
@@ -703,7 +676,7 @@ apply_override(struct parse *p, const char *ov, int index)
 {
 	char buf[512], *eq, *dot;
 
-	p->line = index;
+	p->line = p->section_line = -index;
 	if (util_strlcpy(buf, ov, sizeof(buf)) == -1)
 		return fail(p, "override is too long"), -1;
 	eq = strchr(buf, '=');
@@ -788,7 +761,7 @@ config_load(struct config *c, const char *path, char *const *overrides,
 			goto out;
 		}
 	}
-	rc = config_resolve(c, origin, err, errlen);
+	rc = config_resolve(c, origin, overrides, err, errlen);
 out:
 	free(text);
 	free(p);

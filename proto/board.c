@@ -5,18 +5,47 @@
 #include "board.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <ini.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "inicheck.h"
+
 struct parse_ctx {
 	struct board_profile *p;
+	struct inicheck_reader rd;
 	char reason[160];
-	int in_profile;
-	int seen_name, seen_channels;
+	int reason_line;
+	unsigned seen;         /* bit per key, so a key set twice is refused */
 };
+
+static const char *const profile_keys[] = {
+	"name", "unlock", "channels", "coil_base", "pulse_ms", "flash_base",
+	"flash_unit_ms", "door_base", "door_open_level", "item_base",
+	"item_present_level",
+};
+
+/* Keeps the first reason: libinih reports the first bad line. */
+static int
+fail(struct parse_ctx *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int
+fail(struct parse_ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (c->reason[0] == '\0') {
+		va_start(ap, fmt);
+		vsnprintf(c->reason, sizeof(c->reason), fmt, ap);
+		va_end(ap);
+		c->reason_line = c->rd.line;
+	}
+	return 0;
+}
 
 /* Strict integer: decimal or 0x hex, whole string, within [lo, hi]. */
 static int
@@ -43,22 +72,25 @@ profile_handler(void *user, const char *section, const char *name,
 	struct board_profile *p = c->p;
 	int *field = NULL;
 	long lo = 0, hi = 0xffff;
+	size_t k;
 
-	if (strcmp(section, "profile") != 0) {
-		snprintf(c->reason, sizeof(c->reason),
-		    "unknown section [%s] (expected [profile])", section);
-		return 0;
+	if (strcmp(section, "profile") != 0)
+		return fail(c, "unknown section [%.40s] (expected [profile])",
+		    section);
+	for (k = 0; k < sizeof(profile_keys) / sizeof(profile_keys[0]); k++)
+		if (strcmp(name, profile_keys[k]) == 0)
+			break;
+	if (k < sizeof(profile_keys) / sizeof(profile_keys[0])) {
+		if (c->seen & (1u << k))
+			return fail(c, "'%s' is set twice", name);
+		c->seen |= 1u << k;
 	}
 	if (strcmp(name, "name") == 0) {
 		size_t n = strlen(value);
-		if (n == 0 || n >= sizeof(p->name)) {
-			snprintf(c->reason, sizeof(c->reason),
-			    "name must be 1 to %zu characters",
+		if (n == 0 || n >= sizeof(p->name))
+			return fail(c, "name must be 1 to %zu characters",
 			    sizeof(p->name) - 1);
-			return 0;
-		}
 		memcpy(p->name, value, n + 1);
-		c->seen_name = 1;
 		return 1;
 	}
 	if (strcmp(name, "unlock") == 0) {
@@ -66,17 +98,14 @@ profile_handler(void *user, const char *section, const char *name,
 			p->unlock = BOARD_UNLOCK_PULSE;
 		else if (strcmp(value, "flash") == 0)
 			p->unlock = BOARD_UNLOCK_FLASH;
-		else {
-			snprintf(c->reason, sizeof(c->reason),
-			    "unlock must be pulse or flash, not '%.40s'", value);
-			return 0;
-		}
+		else
+			return fail(c, "unlock must be pulse or flash, not "
+			    "'%.40s'", value);
 		return 1;
 	}
-	if (strcmp(name, "channels") == 0) {
+	if (strcmp(name, "channels") == 0)
 		field = &p->channels, lo = 1, hi = BOARD_CHANNELS_MAX;
-		c->seen_channels = 1;
-	} else if (strcmp(name, "coil_base") == 0)
+	else if (strcmp(name, "coil_base") == 0)
 		field = &p->coil_base;
 	else if (strcmp(name, "pulse_ms") == 0)
 		field = &p->pulse_ms, lo = 50, hi = 10000;
@@ -92,17 +121,11 @@ profile_handler(void *user, const char *section, const char *name,
 		field = &p->item_base, lo = -1;
 	else if (strcmp(name, "item_present_level") == 0)
 		field = &p->item_present_level, hi = 1;
-	else {
-		snprintf(c->reason, sizeof(c->reason), "unknown key '%.40s'",
-		    name);
-		return 0;
-	}
-	if (parse_int(value, lo, hi, field) == -1) {
-		snprintf(c->reason, sizeof(c->reason),
-		    "%s must be an integer from %ld to %ld, not '%.40s'", name,
-		    lo, hi, value);
-		return 0;
-	}
+	else
+		return fail(c, "unknown key '%.40s'", name);
+	if (parse_int(value, lo, hi, field) == -1)
+		return fail(c, "%s must be an integer from %ld to %ld, not "
+		    "'%.40s'", name, lo, hi, value);
 	return 1;
 }
 
@@ -127,8 +150,13 @@ profile_finish(struct board_profile *p, char *reason, size_t len)
 		    "flash unlock needs flash_base and flash_unit_ms in range");
 		return -1;
 	}
-	lo = hi = p->door_base;
+	lo = p->door_base;
 	hi = p->door_base + p->channels;
+	if (p->item_base >= 0 && p->item_base < hi &&
+	    p->item_base + p->channels > lo) {
+		snprintf(reason, len, "door inputs and item inputs overlap");
+		return -1;
+	}
 	if (p->item_base >= 0) {
 		item_end = p->item_base + p->channels;
 		if (p->item_base < lo)
@@ -151,6 +179,7 @@ int
 board_profile_parse(const char *text, const char *origin,
     struct board_profile *out, char *err, size_t errlen)
 {
+	static const char *const sections[] = { "profile", NULL };
 	struct parse_ctx c;
 	struct board_profile p;
 	int line;
@@ -164,10 +193,18 @@ board_profile_parse(const char *text, const char *origin,
 	memset(&c, 0, sizeof(c));
 	c.p = &p;
 
-	line = ini_parse_string(text, profile_handler, &c);
+	if (inicheck_text(text, sections, &line, c.reason,
+	    sizeof(c.reason)) == -1) {
+		snprintf(err, errlen, "%s:%d: %s", origin, line, c.reason);
+		return -1;
+	}
+	c.rd.pos = text;
+	line = ini_parse_stream(inicheck_read, &c.rd, profile_handler, &c);
 	if (line != 0) {
+		/* A syntax error comes before any handler's complaint. */
 		snprintf(err, errlen, "%s:%d: %s", origin, line,
-		    c.reason[0] ? c.reason : "syntax error");
+		    c.reason[0] && c.reason_line == line ? c.reason :
+		    "syntax error (expected key = value)");
 		return -1;
 	}
 	if (profile_finish(&p, c.reason, sizeof(c.reason)) == -1) {

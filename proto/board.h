@@ -38,7 +38,8 @@ struct board_profile {
 
 /*
  * Parses one profile from INI text. On error returns -1 and writes
- * "<origin>:<line>: <reason>" into err.
+ * "<origin>:<line>: <reason>" into err, or "<origin>: <reason>" for what
+ * concerns the whole profile (a missing name, inputs that do not fit).
  */
 int board_profile_parse(const char *text, const char *origin,
     struct board_profile *out, char *err, size_t errlen);

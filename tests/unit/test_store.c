@@ -1,0 +1,634 @@
+/*
+ * The store on a real SQLite file with the real schema (WAL needs a file):
+ * pragmas, migrations and their refusal of a newer database, the boot
+ * counter, cell rows, and the gap-free event ledger.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "log.h"
+#include "store.h"
+
+struct fixture {
+	char dir[64];
+	char path[96];
+	struct store *s;
+	sqlite3 *peek;  /* closed by teardown if a test fails with it open */
+};
+
+static int
+setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	if (f == NULL)
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "/tmp/test_store.XXXXXX");
+	if (mkdtemp(f->dir) == NULL) {
+		free(f);
+		return -1;
+	}
+	snprintf(f->path, sizeof(f->path), "%s/lockerd.db", f->dir);
+	*state = f;
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const suffix[] = { "", "-wal", "-shm", "-journal" };
+	char p[128];
+	size_t i;
+
+	store_close(f->s);
+	sqlite3_close(f->peek);
+	for (i = 0; i < sizeof(suffix) / sizeof(suffix[0]); i++) {
+		snprintf(p, sizeof(p), "%s%s", f->path, suffix[i]);
+		unlink(p);
+	}
+	rmdir(f->dir);
+	free(f);
+	return 0;
+}
+
+static struct store *
+open_ok(struct fixture *f)
+{
+	char err[512] = "";
+	struct store *s = store_open(f->path, err, sizeof(err));
+
+	if (s == NULL)
+		fail_msg("store_open %s: %s", f->path, err);
+	return s;
+}
+
+static void
+reopen(struct fixture *f)
+{
+	store_close(f->s);
+	f->s = open_ok(f);
+}
+
+/* A second, plain connection to the same file, to look behind the store. */
+static sqlite3 *
+peek_open(struct fixture *f, int flags)
+{
+	assert_null(f->peek);
+	if (sqlite3_open_v2(f->path, &f->peek, flags, NULL) != SQLITE_OK)
+		fail_msg("sqlite3_open_v2 %s: %s", f->path,
+		    f->peek ? sqlite3_errmsg(f->peek) : "?");
+	return f->peek;
+}
+
+static void
+peek_close(struct fixture *f)
+{
+	assert_int_equal(sqlite3_close(f->peek), SQLITE_OK);
+	f->peek = NULL;
+}
+
+static void
+peek_exec(sqlite3 *db, const char *sql)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		print_error("%s: %s\n", sql, msg ? msg : "?");
+		sqlite3_free(msg);
+		fail();
+	}
+}
+
+/* The first column of the first row as text ("NULL" for NULL). */
+static void
+peek_text(sqlite3 *db, const char *sql, char *out, size_t len)
+{
+	sqlite3_stmt *st;
+	const unsigned char *t;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		print_error("%s: no row: %s\n", sql, sqlite3_errmsg(db));
+		sqlite3_finalize(st);
+		fail();
+	}
+	t = sqlite3_column_text(st, 0);
+	snprintf(out, len, "%s", t ? (const char *)t : "NULL");
+	sqlite3_finalize(st);
+}
+
+static int64_t
+peek_int(sqlite3 *db, const char *sql)
+{
+	char buf[64];
+
+	peek_text(db, sql, buf, sizeof(buf));
+	return strtoll(buf, NULL, 10);
+}
+
+/*
+ * synchronous is a per-connection setting, so it cannot be seen from a
+ * second connection. An auto-extension runs on every connection the
+ * process opens and hands us the store's own handle while it is armed.
+ */
+static int capture_armed;
+static sqlite3 *captured;
+
+static int
+capture_db(sqlite3 *db, char **errmsg, const sqlite3_api_routines *api)
+{
+	(void)errmsg;
+	(void)api;
+	if (capture_armed)
+		captured = db;
+	return SQLITE_OK;
+}
+
+static void
+test_pragmas(void **state)
+{
+	struct fixture *f = *state;
+	char mode[16];
+	sqlite3 *db;
+
+	assert_int_equal(sqlite3_auto_extension((void (*)(void))capture_db),
+	    SQLITE_OK);
+	capture_armed = 1;
+	captured = NULL;
+	f->s = open_ok(f);
+	capture_armed = 0;
+	sqlite3_cancel_auto_extension((void (*)(void))capture_db);
+	assert_non_null(captured);
+	assert_int_equal(peek_int(captured, "PRAGMA synchronous"), 2);
+	peek_text(captured, "PRAGMA journal_mode", mode, sizeof(mode));
+	assert_string_equal(mode, "wal");
+	assert_int_equal(peek_int(captured, "PRAGMA foreign_keys"), 1);
+
+	/* WAL is recorded in the file: a reader sees it too. */
+	db = peek_open(f, SQLITE_OPEN_READONLY);
+	peek_text(db, "PRAGMA journal_mode", mode, sizeof(mode));
+	assert_string_equal(mode, "wal");
+	peek_close(f);
+}
+
+static void
+test_migrate_fresh_and_reopen(void **state)
+{
+	struct fixture *f = *state;
+	sqlite3 *db;
+	char buf[64];
+
+	assert_true(store_schema_latest() >= 1);
+	f->s = open_ok(f);
+	db = peek_open(f, SQLITE_OPEN_READWRITE);
+	assert_int_equal(peek_int(db, "PRAGMA user_version"),
+	    store_schema_latest());
+	assert_int_equal(peek_int(db, "SELECT count(*) FROM sqlite_schema "
+	    "WHERE type = 'table' AND name IN ('meta', 'cells', 'events')"),
+	    3);
+	peek_exec(db, "INSERT INTO meta (key, value) VALUES ('marker', 'kept')");
+	peek_close(f);
+
+	/* Reopening applies nothing again: the data and version stay. */
+	reopen(f);
+	reopen(f);
+	db = peek_open(f, SQLITE_OPEN_READONLY);
+	assert_int_equal(peek_int(db, "PRAGMA user_version"),
+	    store_schema_latest());
+	peek_text(db, "SELECT value FROM meta WHERE key = 'marker'", buf,
+	    sizeof(buf));
+	assert_string_equal(buf, "kept");
+	peek_close(f);
+}
+
+/* A database from a newer lockerd is refused, naming both versions. */
+static void
+test_newer_schema_refused(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "", sql[64], have[64], know[64];
+	int newer = store_schema_latest() + 1;
+	sqlite3 *db;
+
+	f->s = open_ok(f);
+	store_close(f->s);
+	f->s = NULL;
+	db = peek_open(f, SQLITE_OPEN_READWRITE);
+	snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", newer);
+	peek_exec(db, sql);
+	peek_close(f);
+
+	assert_null(store_open(f->path, err, sizeof(err)));
+	snprintf(have, sizeof(have), "schema version %d", newer);
+	snprintf(know, sizeof(know), "the %d this lockerd knows",
+	    store_schema_latest());
+	assert_non_null(strstr(err, f->path));
+	assert_non_null(strstr(err, have));
+	assert_non_null(strstr(err, know));
+
+	/* And left as it was. */
+	db = peek_open(f, SQLITE_OPEN_READONLY);
+	assert_int_equal(peek_int(db, "PRAGMA user_version"), newer);
+	peek_close(f);
+}
+
+static void
+test_not_a_database(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "";
+	FILE *fp;
+
+	fp = fopen(f->path, "w");
+	assert_non_null(fp);
+	fputs("this is not an SQLite database, not even close to one......"
+	    "................................................................"
+	    "................................................................",
+	    fp);
+	fclose(fp);
+	assert_null(store_open(f->path, err, sizeof(err)));
+	assert_non_null(strstr(err, f->path));
+	assert_non_null(strstr(err, "not a database"));
+}
+
+static void
+test_boot_counter(void **state)
+{
+	struct fixture *f = *state;
+
+	f->s = open_ok(f);
+	assert_int_equal(store_boot(f->s), 1);
+	reopen(f);
+	assert_int_equal(store_boot(f->s), 2);
+	reopen(f);
+	assert_int_equal(store_boot(f->s), 3);
+	assert_int_equal(store_boot(f->s), 4);
+}
+
+static void
+define(struct store *s, int number, const char *board, int channel,
+    char size)
+{
+	assert_int_equal(store_begin(s), 0);
+	assert_int_equal(store_cell_define(s, number, board, channel, size), 0);
+	assert_int_equal(store_commit(s), 0);
+}
+
+static void
+test_cell_round_trip(void **state)
+{
+	struct fixture *f = *state;
+	struct store_cell c, got;
+	sqlite3 *db;
+	char buf[64];
+
+	f->s = open_ok(f);
+	assert_int_equal(store_cell_get(f->s, 5, &got), -1);
+	define(f->s, 5, "A", 3, 'M');
+
+	/* A new cell: wiring as given, state unknown. */
+	assert_int_equal(store_cell_get(f->s, 5, &got), 0);
+	assert_int_equal(got.number, 5);
+	assert_string_equal(got.board, "A");
+	assert_int_equal(got.channel, 3);
+	assert_int_equal(got.size, 'M');
+	assert_string_equal(got.door, "unknown");
+	assert_int_equal(got.item, -1);
+	assert_int_equal(got.in_service, 1);
+	assert_string_equal(got.fault, "");
+	assert_int_equal(got.unlock_pending, 0);
+
+	/* Everything saved comes back. */
+	c = got;
+	snprintf(c.door, sizeof(c.door), "open");
+	c.item = 1;
+	c.in_service = 0;
+	snprintf(c.fault, sizeof(c.fault), "jammed");
+	c.unlock_pending = 1;
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_cell_save(f->s, &c), 0);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_cell_get(f->s, 5, &got), 0);
+	assert_string_equal(got.door, "open");
+	assert_int_equal(got.item, 1);
+	assert_int_equal(got.in_service, 0);
+	assert_string_equal(got.fault, "jammed");
+	assert_int_equal(got.unlock_pending, 1);
+
+	/* Defining the same wiring again keeps the state. */
+	define(f->s, 5, "A", 3, 'M');
+	assert_int_equal(store_cell_get(f->s, 5, &got), 0);
+	assert_string_equal(got.board, "A");
+	assert_string_equal(got.door, "open");
+	assert_int_equal(got.item, 1);
+	assert_string_equal(got.fault, "jammed");
+	assert_int_equal(got.unlock_pending, 1);
+
+	/* New wiring moves the cell and keeps what is known of its door. */
+	define(f->s, 5, "B", 7, 'L');
+	assert_int_equal(store_cell_get(f->s, 5, &got), 0);
+	assert_string_equal(got.board, "B");
+	assert_int_equal(got.channel, 7);
+	assert_int_equal(got.size, 'L');
+	assert_string_equal(got.door, "open");
+	assert_int_equal(got.item, 1);
+	assert_int_equal(got.in_service, 0);
+	assert_string_equal(got.fault, "jammed");
+	assert_int_equal(got.unlock_pending, 1);
+
+	/* item -1 and fault "" are stored as NULL, and read back as such. */
+	c = got;
+	snprintf(c.door, sizeof(c.door), "closed");
+	c.item = -1;
+	c.fault[0] = '\0';
+	c.unlock_pending = 0;
+	c.in_service = 1;
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_cell_save(f->s, &c), 0);
+	assert_int_equal(store_commit(f->s), 0);
+	reopen(f);
+	assert_int_equal(store_cell_get(f->s, 5, &got), 0);
+	assert_string_equal(got.board, "B");
+	assert_string_equal(got.door, "closed");
+	assert_int_equal(got.item, -1);
+	assert_string_equal(got.fault, "");
+	assert_int_equal(got.in_service, 1);
+	assert_int_equal(got.unlock_pending, 0);
+	db = peek_open(f, SQLITE_OPEN_READONLY);
+	peek_text(db, "SELECT typeof(item) || ',' || typeof(fault) FROM cells "
+	    "WHERE number = 5", buf, sizeof(buf));
+	assert_string_equal(buf, "null,null");
+	peek_close(f);
+
+	/* Other cells are separate rows; an absent one is still absent. */
+	define(f->s, 6, "B", 8, 'S');
+	assert_int_equal(store_cell_get(f->s, 6, &got), 0);
+	assert_string_equal(got.door, "unknown");
+	assert_int_equal(store_cell_get(f->s, 5, &got), 0);
+	assert_string_equal(got.door, "closed");
+	assert_int_equal(store_cell_get(f->s, 7, &got), -1);
+}
+
+/* The schema's checks hold: a wiring outside them is refused. */
+static void
+test_cell_define_checked(void **state)
+{
+	struct fixture *f = *state;
+	struct store_cell got;
+
+	f->s = open_ok(f);
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_cell_define(f->s, 1000, "A", 1, 'S'), -1);
+	assert_int_equal(store_cell_define(f->s, 1, "A", 65, 'S'), -1);
+	assert_int_equal(store_cell_define(f->s, 1, "A", 1, 'X'), -1);
+	assert_int_equal(store_cell_define(f->s, 1, "A", 1, 'S'), 0);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_cell_get(f->s, 1, &got), 0);
+	assert_int_equal(store_cell_get(f->s, 1000, &got), -1);
+}
+
+struct body_arg {
+	int64_t seqs[16];
+	int n;
+	int fail;
+};
+
+static char *
+body_json(int64_t seq, void *arg)
+{
+	struct body_arg *b = arg;
+	char *s;
+
+	if (b->n < 16)
+		b->seqs[b->n] = seq;
+	b->n++;
+	if (b->fail)
+		return NULL;
+	if ((s = malloc(64)) != NULL)
+		snprintf(s, 64, "{\"seq\":%lld}", (long long)seq);
+	return s;
+}
+
+static int64_t
+append(struct store *s, struct body_arg *b, const char *type, int cell)
+{
+	int64_t seq = -1;
+
+	assert_int_equal(store_event_append(s, 1700000000000LL, type, cell,
+	    body_json, b, &seq), 0);
+	/* The body was made with the seq the event got. */
+	assert_int_equal(b->seqs[b->n - 1], seq);
+	return seq;
+}
+
+static void
+test_event_seq_gap_free(void **state)
+{
+	struct fixture *f = *state;
+	struct body_arg b = { .n = 0 };
+	sqlite3 *db;
+	char buf[64];
+	int64_t i;
+
+	f->s = open_ok(f);
+	assert_int_equal(store_event_last(f->s), 0);
+	assert_int_equal(store_begin(f->s), 0);
+	for (i = 1; i <= 5; i++)
+		assert_int_equal(append(f->s, &b, "door_opened", (int)i), i);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_event_last(f->s), 5);
+
+	/* Outside an explicit transaction too, and on after a reopen. */
+	assert_int_equal(append(f->s, &b, "boot", 0), 6);
+	reopen(f);
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(append(f->s, &b, "boot", 0), 7);
+	assert_int_equal(store_commit(f->s), 0);
+
+	db = peek_open(f, SQLITE_OPEN_READONLY);
+	assert_int_equal(peek_int(db, "SELECT count(*) FROM events"), 7);
+	assert_int_equal(peek_int(db, "SELECT min(seq) FROM events"), 1);
+	assert_int_equal(peek_int(db, "SELECT max(seq) FROM events"), 7);
+	peek_text(db, "SELECT body FROM events WHERE seq = 3", buf,
+	    sizeof(buf));
+	assert_string_equal(buf, "{\"seq\":3}");
+	peek_text(db, "SELECT type || ',' || cell || ',' || time FROM events "
+	    "WHERE seq = 3", buf, sizeof(buf));
+	assert_string_equal(buf, "door_opened,3,1700000000000");
+	/* cell 0 means "no cell". */
+	peek_text(db, "SELECT typeof(cell) FROM events WHERE seq = 6", buf,
+	    sizeof(buf));
+	assert_string_equal(buf, "null");
+	peek_close(f);
+}
+
+/* A rolled-back transaction gives its sequence numbers back. */
+static void
+test_event_rollback_frees_seq(void **state)
+{
+	struct fixture *f = *state;
+	struct body_arg b = { .n = 0 };
+	char buf[64];
+	sqlite3 *db;
+
+	f->s = open_ok(f);
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(append(f->s, &b, "a", 1), 1);
+	assert_int_equal(append(f->s, &b, "a", 1), 2);
+	assert_int_equal(store_commit(f->s), 0);
+
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(append(f->s, &b, "lost", 1), 3);
+	assert_int_equal(append(f->s, &b, "lost", 1), 4);
+	store_rollback(f->s);
+	assert_int_equal(store_event_last(f->s), 2);
+
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(append(f->s, &b, "kept", 2), 3);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_event_last(f->s), 3);
+
+	db = peek_open(f, SQLITE_OPEN_READONLY);
+	assert_int_equal(peek_int(db, "SELECT count(*) FROM events"), 3);
+	peek_text(db, "SELECT type FROM events WHERE seq = 3", buf,
+	    sizeof(buf));
+	assert_string_equal(buf, "kept");
+	peek_close(f);
+}
+
+/* A body that cannot be made fails the append and uses up no number. */
+static void
+test_event_body_failure(void **state)
+{
+	struct fixture *f = *state;
+	struct body_arg b = { .n = 0 };
+	int64_t seq = -7;
+
+	f->s = open_ok(f);
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(append(f->s, &b, "a", 1), 1);
+	b.fail = 1;
+	assert_int_equal(store_event_append(f->s, 1, "bad", 1, body_json, &b,
+	    &seq), -1);
+	assert_int_equal(seq, -7);
+	assert_int_equal(b.seqs[b.n - 1], 2);
+	b.fail = 0;
+	assert_int_equal(append(f->s, &b, "a", 1), 2);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_event_last(f->s), 2);
+}
+
+struct collect {
+	int64_t seqs[32];
+	char bodies[32][32];
+	int n;
+	int stop_at; /* return -1 on this call (1-based); 0 never */
+};
+
+static int
+collect_event(int64_t seq, const char *body, void *arg)
+{
+	struct collect *c = arg;
+
+	if (c->n < 32) {
+		c->seqs[c->n] = seq;
+		snprintf(c->bodies[c->n], sizeof(c->bodies[0]), "%s", body);
+	}
+	c->n++;
+	return c->n == c->stop_at ? -1 : 0;
+}
+
+static void
+test_events_after(void **state)
+{
+	static const struct {
+		int64_t after;
+		int limit, stop_at;
+		int64_t first;
+		int n;
+	} t[] = {
+		{ 0, 100, 0, 1, 10 },
+		{ 0, 3, 0, 1, 3 },
+		{ 4, 100, 0, 5, 6 },
+		{ 4, 2, 0, 5, 2 },
+		{ 9, 100, 0, 10, 1 },
+		{ 10, 100, 0, 0, 0 },
+		{ 50, 100, 0, 0, 0 },
+		{ 0, 0, 0, 0, 0 },
+		{ 0, 100, 1, 1, 1 },  /* -1 on the first call stops there */
+		{ 2, 100, 4, 3, 4 },
+	};
+	struct fixture *f = *state;
+	struct body_arg b = { .n = 0 };
+	struct collect c;
+	size_t i;
+	int j;
+
+	f->s = open_ok(f);
+	assert_int_equal(store_begin(f->s), 0);
+	for (j = 1; j <= 10; j++)
+		append(f->s, &b, "e", j);
+	assert_int_equal(store_commit(f->s), 0);
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		memset(&c, 0, sizeof(c));
+		c.stop_at = t[i].stop_at;
+		assert_int_equal(store_events_after(f->s, t[i].after,
+		    t[i].limit, collect_event, &c), 0);
+		if (c.n != t[i].n)
+			fail_msg("after %lld limit %d stop %d: %d events, "
+			    "want %d", (long long)t[i].after, t[i].limit,
+			    t[i].stop_at, c.n, t[i].n);
+		for (j = 0; j < c.n; j++) {
+			char want[32];
+
+			assert_int_equal(c.seqs[j], t[i].first + j);
+			snprintf(want, sizeof(want), "{\"seq\":%lld}",
+			    (long long)(t[i].first + j));
+			assert_string_equal(c.bodies[j], want);
+		}
+	}
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_pragmas, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_fresh_and_reopen,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_newer_schema_refused,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_not_a_database, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_boot_counter, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_cell_round_trip, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_cell_define_checked,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_event_seq_gap_free, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_event_rollback_frees_seq,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_event_body_failure, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_events_after, setup,
+		    teardown),
+	};
+
+	/* Refusals are logged by the store; keep the output to the tests. */
+	log_set_level(LOG_LEVEL_ERROR);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
