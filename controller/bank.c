@@ -173,16 +173,20 @@ start_unlock(struct bank *b, int cell, int attempt, struct bank_actions *out)
 	c->acked = 0;
 	c->attempt = attempt;
 	c->unlock_deadline = INT64_MAX;
-	if ((a = push_event(b, out, BANK_EV_UNLOCK, cell)) != NULL)
+	if ((a = push_event(b, out, BANK_EV_UNLOCK, cell)) != NULL) {
 		a->attempt = attempt;
+		set_text(a, c->reason);
+	}
 	push_save(out, cell);
 	push_pulse(b, out, cell);
 }
 
 enum bank_refusal
-bank_unlock(struct bank *b, int cell, int64_t now, struct bank_actions *out)
+bank_unlock(struct bank *b, int cell, const char *reason, int64_t now,
+    struct bank_actions *out)
 {
 	struct bank_cell *c;
+	size_t n;
 
 	(void)now;
 	if (cell < 0 || cell >= b->ncells)
@@ -198,6 +202,11 @@ bank_unlock(struct bank *b, int cell, int64_t now, struct bank_actions *out)
 		return BANK_ERR_BUSY;
 	if (c->door == BANK_DOOR_OPEN)
 		return BANK_ERR_DOOR_OPEN;
+	n = strlen(reason);
+	if (n >= sizeof(c->reason))
+		n = sizeof(c->reason) - 1;
+	memcpy(c->reason, reason, n);
+	c->reason[n] = '\0';
 	start_unlock(b, cell, 1, out);
 	return BANK_OK;
 }

@@ -13,7 +13,7 @@ enum bank_door { BANK_DOOR_UNKNOWN, BANK_DOOR_CLOSED, BANK_DOOR_OPEN };
 enum bank_fault { BANK_FAULT_NONE, BANK_FAULT_JAMMED };
 
 enum bank_event {
-	BANK_EV_UNLOCK,          /* relay pulsed: cell, attempt */
+	BANK_EV_UNLOCK,          /* relay pulsed: cell, attempt, reason */
 	BANK_EV_UNLOCK_FAILED,   /* the board refused or did not answer */
 	BANK_EV_DOOR_OPENED,     /* cell, expected */
 	BANK_EV_DOOR_CLOSED,
@@ -81,6 +81,7 @@ struct bank_cell {
 	int raw;             /* last sensor sample: -1 none, 0 closed, 1 open */
 	int64_t raw_since;
 	int unlocking;       /* an unlock is in flight for this cell */
+	char reason[16];     /* who asked for it: "operator", "code", ... */
 	int acked;           /* the board accepted the last unlock write */
 	int attempt;
 	int64_t unlock_deadline;
@@ -121,8 +122,9 @@ void bank_init(struct bank *b, struct bank_cell *cells, int ncells,
     struct bank_board *boards, int nboards, const struct bank_timing *t);
 int bank_cell_index(const struct bank *b, int number);
 
-enum bank_refusal bank_unlock(struct bank *b, int cell, int64_t now,
-    struct bank_actions *out);
+/* reason (at most 15 characters) is recorded with each attempt. */
+enum bank_refusal bank_unlock(struct bank *b, int cell, const char *reason,
+    int64_t now, struct bank_actions *out);
 void bank_unlock_result(struct bank *b, int cell, int ok, const char *error,
     int64_t now, struct bank_actions *out);
 /*

@@ -46,7 +46,7 @@ ctl_open(struct lockerd *d, json_t *req)
 	if (get_cell(d, req, &cell, &err) == -1)
 		return err;
 	memset(&acts, 0, sizeof(acts));
-	r = bank_unlock(&d->bank, cell, util_mono_ms(), &acts);
+	r = bank_unlock(&d->bank, cell, "operator", util_mono_ms(), &acts);
 	if (r != BANK_OK)
 		return jsonl_error("cell %d: %s", d->cells[cell].number,
 		    bank_refusal_str(r));

@@ -52,6 +52,7 @@ event_body(int64_t seq, void *arg)
 		case BANK_EV_UNLOCK:
 			json_object_set_new(o, "attempt",
 			    json_integer(a->attempt));
+			json_object_set_new(o, "reason", json_string(a->text));
 			break;
 		case BANK_EV_DOOR_JAMMED:
 			json_object_set_new(o, "attempts",

@@ -119,7 +119,8 @@ test_unlock_open_close(void **state)
 	(void)state;
 	fixture_init(&f, NULL);
 	start(&f);
-	assert_int_equal(bank_unlock(&f.b, 0, 100, &f.acts), BANK_OK);
+	assert_int_equal(bank_unlock(&f.b, 0, "test", 100, &f.acts), BANK_OK);
+	assert_string_equal(f.acts.a[0].text, "test");
 	assert_string_equal(render(&f), "unlock:1#1 save:1 pulse:1");
 	bank_unlock_result(&f.b, 0, 1, NULL, 120, &f.acts);
 	assert_string_equal(render(&f), "");
@@ -173,7 +174,7 @@ test_refusals(void **state)
 			bank_board_status(&f.b, 0, 0, "timeout", 0, &f.acts);
 			break;
 		case BANK_ERR_BUSY:
-			bank_unlock(&f.b, 0, 0, &f.acts);
+			bank_unlock(&f.b, 0, "test", 0, &f.acts);
 			break;
 		case BANK_ERR_DOOR_OPEN:
 			inputs(&f, 0, 1, 0, 0);
@@ -183,7 +184,7 @@ test_refusals(void **state)
 			break;
 		}
 		render(&f);
-		assert_int_equal(bank_unlock(&f.b, cell, 200, &f.acts),
+		assert_int_equal(bank_unlock(&f.b, cell, "test", 200, &f.acts),
 		    cases[i].want);
 		/* A refusal changes nothing and pulses nothing. */
 		assert_string_equal(render(&f), "");
@@ -201,12 +202,14 @@ test_jammed_retry_then_out_of_service(void **state)
 	(void)state;
 	fixture_init(&f, NULL);
 	start(&f);
-	bank_unlock(&f.b, 1, 0, &f.acts);
+	bank_unlock(&f.b, 1, "test", 0, &f.acts);
 	bank_unlock_result(&f.b, 1, 1, NULL, 10, &f.acts);
 	assert_string_equal(render(&f), "unlock:2#1 save:2 pulse:2");
 	tick(&f, 1009);
 	assert_string_equal(render(&f), "");
 	tick(&f, 1010);
+	/* The retry is recorded with the first attempt's reason. */
+	assert_string_equal(f.acts.a[0].text, "test");
 	assert_string_equal(render(&f), "unlock:2#2 save:2 pulse:2");
 	/* The retry's timer only starts when the board accepts it. */
 	tick(&f, 5000);
@@ -216,12 +219,12 @@ test_jammed_retry_then_out_of_service(void **state)
 	assert_string_equal(render(&f), "door_jammed:2 save:2");
 	assert_false(f.cells[1].in_service);
 	assert_int_equal(f.cells[1].fault, BANK_FAULT_JAMMED);
-	assert_int_equal(bank_unlock(&f.b, 1, 6100, &f.acts),
+	assert_int_equal(bank_unlock(&f.b, 1, "test", 6100, &f.acts),
 	    BANK_ERR_OUT_OF_SERVICE);
 	assert_int_equal(bank_set_service(&f.b, 1, 1, 6200, &f.acts), BANK_OK);
 	assert_string_equal(render(&f), "cell_service:2 save:2");
 	assert_int_equal(f.cells[1].fault, BANK_FAULT_NONE);
-	assert_int_equal(bank_unlock(&f.b, 1, 6300, &f.acts), BANK_OK);
+	assert_int_equal(bank_unlock(&f.b, 1, "test", 6300, &f.acts), BANK_OK);
 	assert_string_equal(render(&f), "unlock:2#1 save:2 pulse:2");
 }
 
@@ -235,7 +238,7 @@ test_no_retries_configured(void **state)
 	t.unlock_retries = 0;
 	fixture_init(&f, &t);
 	start(&f);
-	bank_unlock(&f.b, 0, 0, &f.acts);
+	bank_unlock(&f.b, 0, "test", 0, &f.acts);
 	bank_unlock_result(&f.b, 0, 1, NULL, 0, &f.acts);
 	render(&f);
 	tick(&f, 1000);
@@ -250,7 +253,7 @@ test_open_seen_just_before_deadline_waits_for_debounce(void **state)
 	(void)state;
 	fixture_init(&f, NULL);
 	start(&f);
-	bank_unlock(&f.b, 0, 0, &f.acts);
+	bank_unlock(&f.b, 0, "test", 0, &f.acts);
 	bank_unlock_result(&f.b, 0, 1, NULL, 0, &f.acts);
 	render(&f);
 	inputs(&f, 0, 1, 0, 990);
@@ -302,7 +305,7 @@ test_door_left_open_repeats(void **state)
 	(void)state;
 	fixture_init(&f, NULL);
 	start(&f);
-	bank_unlock(&f.b, 0, 0, &f.acts);
+	bank_unlock(&f.b, 0, "test", 0, &f.acts);
 	bank_unlock_result(&f.b, 0, 1, NULL, 0, &f.acts);
 	inputs(&f, 0, 1, 0, 100);
 	tick(&f, 150);
@@ -335,14 +338,14 @@ test_board_fault_and_recovery(void **state)
 	/* Reported once, not on every failed poll. */
 	bank_board_status(&f.b, 1, 0, "no reply (timeout)", 200, &f.acts);
 	assert_string_equal(render(&f), "");
-	assert_int_equal(bank_unlock(&f.b, 2, 300, &f.acts),
+	assert_int_equal(bank_unlock(&f.b, 2, "test", 300, &f.acts),
 	    BANK_ERR_BOARD_FAULT);
 	/* The other board is untouched. */
-	assert_int_equal(bank_unlock(&f.b, 0, 300, &f.acts), BANK_OK);
+	assert_int_equal(bank_unlock(&f.b, 0, "test", 300, &f.acts), BANK_OK);
 	assert_string_equal(render(&f), "unlock:1#1 save:1 pulse:1");
 	bank_board_status(&f.b, 1, 1, NULL, 400, &f.acts);
 	assert_string_equal(render(&f), "board_recovered:b1");
-	assert_int_equal(bank_unlock(&f.b, 2, 500, &f.acts), BANK_OK);
+	assert_int_equal(bank_unlock(&f.b, 2, "test", 500, &f.acts), BANK_OK);
 }
 
 static void
@@ -353,7 +356,7 @@ test_write_failure_is_not_a_jam(void **state)
 	(void)state;
 	fixture_init(&f, NULL);
 	start(&f);
-	bank_unlock(&f.b, 0, 0, &f.acts);
+	bank_unlock(&f.b, 0, "test", 0, &f.acts);
 	render(&f);
 	bank_unlock_result(&f.b, 0, 0, "no reply (timeout)", 200, &f.acts);
 	assert_string_equal(render(&f), "unlock_failed:1 save:1");
@@ -373,7 +376,7 @@ test_board_dies_while_waiting_for_the_door(void **state)
 	(void)state;
 	fixture_init(&f, NULL);
 	start(&f);
-	bank_unlock(&f.b, 2, 0, &f.acts);
+	bank_unlock(&f.b, 2, "test", 0, &f.acts);
 	bank_unlock_result(&f.b, 2, 1, NULL, 0, &f.acts);
 	bank_board_status(&f.b, 1, 0, "no reply (timeout)", 300, &f.acts);
 	render(&f);
@@ -409,7 +412,7 @@ test_reconcile(void **state)
 		f.cells[0].expect_open = cases[i].pending;
 		inputs(&f, 0, cases[i].open, 0, 0);
 		inputs(&f, 1, 0, 0, 0);
-		assert_int_equal(bank_unlock(&f.b, 0, 0, &f.acts),
+		assert_int_equal(bank_unlock(&f.b, 0, "test", 0, &f.acts),
 		    BANK_ERR_NOT_STARTED);
 		bank_reconcile(&f.b, 0, &f.acts);
 		assert_string_equal(render(&f), "");
@@ -452,7 +455,7 @@ test_next_deadline(void **state)
 	assert_true(bank_next_deadline(&f.b) == INT64_MAX);
 	start(&f);
 	assert_true(bank_next_deadline(&f.b) == INT64_MAX);
-	bank_unlock(&f.b, 0, 0, &f.acts);
+	bank_unlock(&f.b, 0, "test", 0, &f.acts);
 	assert_true(bank_next_deadline(&f.b) == INT64_MAX);
 	bank_unlock_result(&f.b, 0, 1, NULL, 10, &f.acts);
 	assert_true(bank_next_deadline(&f.b) == 1010);
