@@ -729,13 +729,11 @@ read_file(const char *path, char *err, size_t errlen)
 	return buf;
 }
 
-int
-config_load(struct config *c, const char *path, char *const *overrides,
-    char *err, size_t errlen)
+static int
+config_load_from(struct config *c, const char *origin, const char *text,
+    char *const *overrides, char *err, size_t errlen)
 {
 	struct parse *p;
-	const char *origin = path ? path : "(built-in default)";
-	char *text = NULL;
 	int rc = -1, i;
 
 	config_defaults(c);
@@ -745,10 +743,7 @@ config_load(struct config *c, const char *path, char *const *overrides,
 		return -1;
 	}
 	p->c = c;
-	if (path != NULL && (text = read_file(path, err, errlen)) == NULL)
-		goto out;
-	if (parse_text(p, origin, text ? text : config_default_text()) ==
-	    -1) {
+	if (parse_text(p, origin, text) == -1) {
 		snprintf(err, errlen, "%s:%d: %s", origin, p->err_line,
 		    p->reason);
 		goto out;
@@ -763,9 +758,32 @@ config_load(struct config *c, const char *path, char *const *overrides,
 	}
 	rc = config_resolve(c, origin, overrides, err, errlen);
 out:
-	free(text);
 	free(p);
 	return rc;
+}
+
+int
+config_load(struct config *c, const char *path, char *const *overrides,
+    char *err, size_t errlen)
+{
+	char *text = NULL;
+	int rc;
+
+	if (path != NULL && (text = read_file(path, err, errlen)) == NULL) {
+		config_defaults(c);
+		return -1;
+	}
+	rc = config_load_from(c, path ? path : "(built-in default)",
+	    text ? text : config_default_text(), overrides, err, errlen);
+	free(text);
+	return rc;
+}
+
+int
+config_load_text(struct config *c, const char *text, const char *origin,
+    char *err, size_t errlen)
+{
+	return config_load_from(c, origin, text, NULL, err, errlen);
 }
 
 const struct config_cell *

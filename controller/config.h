@@ -92,6 +92,9 @@ struct config {
  */
 int config_load(struct config *c, const char *path, char *const *overrides,
     char *err, size_t errlen);
+/* The same from text in memory (tests, fuzzing); origin names it. */
+int config_load_text(struct config *c, const char *text, const char *origin,
+    char *err, size_t errlen);
 /* The built-in default configuration text (controller/lockerd.conf). */
 const char *config_default_text(void);
 const struct config_cell *config_cell_find(const struct config *c, int number);
