@@ -7,7 +7,8 @@
 #   make check   the same tests under ASan + UBSan + LSan, in build-san/
 #   make run     deps + build + the controller against the simulator
 #   make bench   deps + build + benchmarks (JSON lines on stdout)
-#   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS
+#   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS; `make test`
+#                replays their seeds and past crashes (fuzz-regress)
 
 BUILD     ?= build
 SAN       ?= 0
@@ -122,6 +123,7 @@ $(BUILD)/test_physics: $(call obj,tests/unit/test_physics.c sim/physics.c) $(PRO
 # pkg-config sees the freshly installed libraries.
 test: deps
 	@$(MAKE) --no-print-directory _test
+	@$(MAKE) --no-print-directory fuzz-regress
 
 check: deps
 	@$(MAKE) --no-print-directory BUILD=build-san SAN=1 _test
@@ -146,3 +148,6 @@ clean:
 	rm -rf build build-san build-fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# libFuzzer targets (clang): tests/fuzz/fuzz.mk.
+include tests/fuzz/fuzz.mk
