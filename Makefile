@@ -41,10 +41,13 @@ ALL_CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all \
 ALL_LDFLAGS += -fsanitize=address,undefined
 endif
 
-PROTO_SRC := proto/board.c proto/board_builtin.c proto/inicheck.c
+PROTO_SRC := proto/board.c proto/board_builtin.c proto/inicheck.c \
+	proto/ledger.c
 CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
 	controller/lockerd.c controller/jsonl.c \
-	controller/store.c controller/mb.c controller/ctl.c controller/util.c
+	controller/store.c controller/mb.c controller/ctl.c controller/util.c \
+	controller/resv.c controller/codes.c controller/throttle.c \
+	controller/kiosk.c controller/staff.c controller/custody.c
 GEN_SRC   := $(BUILD)/gen/embedded.c
 
 BOARD_FILES  := $(sort $(wildcard proto/boards/*.ini))
@@ -55,10 +58,11 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 PROTO_OBJ := $(call obj,$(PROTO_SRC)) $(BUILD)/obj/gen/embedded.o
 CORE_OBJ  := $(call obj,$(CORE_SRC))
 
-BINS := $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/mbping
+BINS := $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/kiosk $(BUILD)/mbping
 
 UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
-	$(BUILD)/test_store $(BUILD)/test_physics
+	$(BUILD)/test_store $(BUILD)/test_physics $(BUILD)/test_resv \
+	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing
 
 .PHONY: all deps test check run bench fuzz clean unit integration \
 	_test _bench
@@ -103,6 +107,12 @@ $(BUILD)/lockerd: $(call obj,controller/main.c) $(CORE_OBJ) $(PROTO_OBJ)
 $(BUILD)/locksim: $(call obj,sim/locksim.c sim/physics.c) $(PROTO_OBJ)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
+$(BUILD)/kiosk: $(call obj,sim/kiosk.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/codebench: $(call obj,tests/bench/codebench.c controller/resv.c controller/bank.c controller/codes.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
 $(BUILD)/mbping: $(call obj,tests/bench/mbping.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
@@ -117,6 +127,14 @@ $(BUILD)/test_store: $(call obj,tests/unit/test_store.c controller/store.c contr
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
 $(BUILD)/test_physics: $(call obj,tests/unit/test_physics.c sim/physics.c) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+$(BUILD)/test_resv: $(call obj,tests/unit/test_resv.c controller/resv.c controller/bank.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ -lcmocka
+$(BUILD)/test_codes: $(call obj,tests/unit/test_codes.c controller/codes.c controller/log.c controller/util.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+$(BUILD)/test_ledger: $(call obj,tests/unit/test_ledger.c proto/ledger.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+$(BUILD)/test_guessing: $(call obj,tests/unit/test_guessing.c controller/throttle.c controller/resv.c controller/bank.c controller/codes.c controller/log.c controller/util.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
 # The test targets install what they need first, then re-enter make so that
@@ -141,7 +159,7 @@ run: deps
 bench: deps
 	@$(MAKE) --no-print-directory _bench
 
-_bench: $(BINS)
+_bench: $(BINS) $(BUILD)/codebench
 	@$(PYTHON) tests/bench/bench.py --build $(BUILD)
 
 clean:

@@ -146,6 +146,24 @@ static const struct int_key timing_keys[] = {
 	TK(board_backoff_max_ms, 50, 3600000),
 };
 
+#define CK(n, lo, hi) { #n, offsetof(struct config_codes, n), lo, hi }
+static const struct int_key codes_keys[] = {
+	CK(digits, 6, 12),
+	CK(grace_s, 10, 3600),
+	CK(dropoff_valid_h, 1, 2160),
+	CK(pickup_due_h, 1, 2160),
+};
+
+/* Refill periods stop at 300 s: no lock-out longer than five minutes. */
+#define KK(n, lo, hi) { #n, offsetof(struct config_kiosk, n), lo, hi }
+static const struct int_key kiosk_keys[] = {
+	KK(staff_session_s, 30, 3600),
+	KK(code_burst, 1, 10),
+	KK(code_refill_s, 1, 300),
+	KK(pin_burst, 1, 10),
+	KK(pin_refill_s, 1, 300),
+};
+
 static int
 set_int_key(struct parse *p, const struct int_key *keys, size_t nkeys,
     void *base, const char *section, const char *name, const char *value)
@@ -200,6 +218,9 @@ handle_locker(struct parse *p, const char *name, const char *value)
 	if (strcmp(name, "profile_dir") == 0)
 		return set_path(p, c->profile_dir, sizeof(c->profile_dir),
 		    name, value);
+	if (strcmp(name, "key_file") == 0)
+		return set_path(p, c->key_file, sizeof(c->key_file), name,
+		    value);
 	return fail(p, "unknown key '%.40s' in [locker]", name);
 }
 
@@ -462,6 +483,18 @@ config_handler(void *user, const char *section, const char *name,
 		return set_int_key(p, timing_keys,
 		    sizeof(timing_keys) / sizeof(timing_keys[0]),
 		    &p->c->timing, section, name, value);
+	if (strcmp(section, "codes") == 0)
+		return set_int_key(p, codes_keys,
+		    sizeof(codes_keys) / sizeof(codes_keys[0]),
+		    &p->c->codes, section, name, value);
+	if (strcmp(section, "kiosk") == 0) {
+		if (strcmp(name, "socket") == 0)
+			return set_path(p, p->c->kiosk_socket,
+			    sizeof(p->c->kiosk_socket), name, value);
+		return set_int_key(p, kiosk_keys,
+		    sizeof(kiosk_keys) / sizeof(kiosk_keys[0]),
+		    &p->c->kiosk, section, name, value);
+	}
 	if (strcmp(section, "cells") == 0)
 		return handle_cells(p, name, value);
 	if (strncmp(section, "bus ", 4) == 0)
@@ -489,14 +522,23 @@ config_defaults(struct config *c)
 	c->timing.startup_read_ms = 3000;
 	c->timing.board_backoff_min_ms = 500;
 	c->timing.board_backoff_max_ms = 30000;
+	c->codes.digits = 10;
+	c->codes.grace_s = 120;
+	c->codes.dropoff_valid_h = 72;
+	c->codes.pickup_due_h = 168;
+	c->kiosk.staff_session_s = 120;
+	c->kiosk.code_burst = 3;
+	c->kiosk.code_refill_s = 300;
+	c->kiosk.pin_burst = 3;
+	c->kiosk.pin_refill_s = 300;
 }
 
 static int
 parse_text(struct parse *p, const char *origin, const char *text)
 {
 	static const char *const sections[] = {
-		"locker", "log", "control", "timing", "cells", "bus ", "board ",
-		NULL,
+		"locker", "log", "control", "timing", "codes", "kiosk", "cells",
+		"bus ", "board ", NULL,
 	};
 	int rc;
 
@@ -662,9 +704,15 @@ config_resolve(struct config *c, const char *origin, char *const *ov,
 		    "board_backoff_min_ms", origin);
 		return -1;
 	}
-	if (c->database[0] == '\0' &&
+	if ((c->database[0] == '\0' &&
 	    snprintf(c->database, sizeof(c->database), "%s/lockerd.db",
-	    c->state_dir) >= (int)sizeof(c->database)) {
+	    c->state_dir) >= (int)sizeof(c->database)) ||
+	    (c->key_file[0] == '\0' &&
+	    snprintf(c->key_file, sizeof(c->key_file), "%s/device.key",
+	    c->state_dir) >= (int)sizeof(c->key_file)) ||
+	    (c->kiosk_socket[0] == '\0' &&
+	    snprintf(c->kiosk_socket, sizeof(c->kiosk_socket), "%s/kiosk.sock",
+	    c->state_dir) >= (int)sizeof(c->kiosk_socket))) {
 		snprintf(err, errlen, "%s: state_dir is too long", origin);
 		return -1;
 	}

@@ -67,15 +67,35 @@ struct config_timing {
 	int board_backoff_max_ms;
 };
 
+/* Codes, reservations and the keypad ([codes], [kiosk]). */
+struct config_codes {
+	int digits;              /* human code length */
+	int grace_s;             /* a consumed code re-opens within this */
+	int dropoff_valid_h;     /* default validity of a drop-off code */
+	int pickup_due_h;        /* a loaded item is overdue after this */
+};
+
+struct config_kiosk {
+	int staff_session_s;
+	int code_burst;          /* failed codes before a wait */
+	int code_refill_s;       /* one more try back per period (<= 300) */
+	int pin_burst;
+	int pin_refill_s;
+};
+
 struct config {
 	char locker_id[65];
 	char state_dir[CONFIG_PATH_MAX];
 	char database[CONFIG_PATH_MAX];
+	char key_file[CONFIG_PATH_MAX];
+	char kiosk_socket[108];
 	char profile_dir[CONFIG_PATH_MAX];
 	enum log_level log_level;
 	int log_syslog;
 	char control_socket[108];
 	struct config_timing timing;
+	struct config_codes codes;
+	struct config_kiosk kiosk;
 
 	struct config_bus buses[CONFIG_BUSES_MAX];
 	int nbuses;

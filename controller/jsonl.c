@@ -35,6 +35,7 @@ struct jsonl {
 	char path[108];
 	jsonl_handler fn;
 	void *arg;
+	int screen;           /* own errors also carry "show" (the keypad) */
 	struct client clients[JSONL_CLIENTS_MAX];
 };
 
@@ -182,6 +183,27 @@ client_flush(struct client *c)
 	return 0;
 }
 
+void
+jsonl_screen_errors(struct jsonl *j)
+{
+	j->screen = 1;
+}
+
+/* An error of the socket layer itself, in the server's reply style. */
+static json_t *
+own_error(struct jsonl *j, json_t *err)
+{
+	json_t *msg;
+
+	if (err == NULL || !j->screen)
+		return err;
+	msg = json_object_get(err, "error");
+	json_object_set(err, "show", msg);
+	json_object_set_new(err, "error", json_string("bad_request"));
+	json_object_set_new(err, "wait_s", json_integer(0));
+	return err;
+}
+
 static int
 client_reply(struct client *c, json_t *reply)
 {
@@ -211,10 +233,11 @@ client_line(struct jsonl *j, struct client *c, const char *line, size_t len)
 		return 0;
 	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (req == NULL)
-		reply = jsonl_error("bad JSON at column %d: %s", jerr.column,
-		    jerr.text);
+		reply = own_error(j, jsonl_error("bad JSON at column %d: %s",
+		    jerr.column, jerr.text));
 	else if (!json_is_object(req))
-		reply = jsonl_error("a request must be a JSON object");
+		reply = own_error(j,
+		    jsonl_error("a request must be a JSON object"));
 	else
 		reply = j->fn(j->arg, req);
 	json_decref(req);
@@ -245,8 +268,9 @@ client_read(struct jsonl *j, struct client *c)
 		else if (c->inlen == sizeof(c->in)) {
 			c->skipping = 1;
 			c->inlen = 0;
-			if (client_reply(c, jsonl_error("request longer than "
-			    "%d bytes", JSONL_LINE_MAX)) == -1)
+			if (client_reply(c, own_error(j, jsonl_error(
+			    "request longer than %d bytes", JSONL_LINE_MAX))) ==
+			    -1)
 				return -1;
 		} else
 			c->in[c->inlen++] = buf[i];
@@ -302,4 +326,27 @@ jsonl_dispatch(struct jsonl *j, const struct pollfd *pfd, int n)
 	}
 	if (pfd[0].revents & POLLIN)
 		accept_client(j);
+}
+
+void
+jsonl_broadcast(struct jsonl *j, json_t *msg)
+{
+	char *s;
+	int i;
+
+	if (j == NULL || (s = json_dumps(msg, JSON_COMPACT)) == NULL)
+		return;
+	for (i = 0; i < JSONL_CLIENTS_MAX; i++) {
+		struct client *c = &j->clients[i];
+
+		if (c->fd == -1)
+			continue;
+		if (client_queue(c, s, strlen(s)) == -1 ||
+		    client_queue(c, "\n", 1) == -1 || client_flush(c) == -1) {
+			log_warn("socket %s: dropping a client that does not "
+			    "read", j->path);
+			client_close(c);
+		}
+	}
+	free(s);
 }

@@ -25,6 +25,11 @@ void jsonl_close(struct jsonl *j);
 int jsonl_pollfds(struct jsonl *j, struct pollfd *pfd, int max);
 /* Handles the pollfds that jsonl_pollfds filled. */
 void jsonl_dispatch(struct jsonl *j, const struct pollfd *pfd, int n);
+/* The socket's own errors (bad JSON, over-long line) also carry "show"
+ * and error "bad_request", as the keypad protocol's replies do. */
+void jsonl_screen_errors(struct jsonl *j);
+/* Sends msg (borrowed) to every connected client: notices. */
+void jsonl_broadcast(struct jsonl *j, json_t *msg);
 /* A reply built the same way for errors: {"ok":false,"error":...}. */
 json_t *jsonl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

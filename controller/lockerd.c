@@ -8,87 +8,156 @@
 #include <errno.h>
 #include <jansson.h>
 #include <poll.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "custody.h"
+#include "ledger.h"
 #include "log.h"
 #include "util.h"
 
 struct body_arg {
 	struct lockerd *d;
 	const struct bank_action *a;
+	const struct resv_action *ra;
 	const char *type;
 	int64_t wall;
 	json_t *extra;
 };
 
+int64_t
+lockerd_now(void)
+{
+	return util_wall_ms();
+}
+
+static void
+bank_fields(struct lockerd *d, const struct bank_action *a, json_t *o)
+{
+	if (a->cell >= 0)
+		json_object_set_new(o, "cell",
+		    json_integer(d->cells[a->cell].number));
+	if (a->board >= 0)
+		json_object_set_new(o, "board",
+		    json_string(d->cfg.boards[a->board].name));
+	if (bank_event_is_alarm(a->ev))
+		json_object_set_new(o, "alarm", json_true());
+	switch (a->ev) {
+	case BANK_EV_UNLOCK:
+		json_object_set_new(o, "attempt", json_integer(a->attempt));
+		json_object_set_new(o, "reason", json_string(a->text));
+		break;
+	case BANK_EV_DOOR_JAMMED:
+		json_object_set_new(o, "attempts", json_integer(a->attempt));
+		break;
+	case BANK_EV_DOOR_OPENED:
+		json_object_set_new(o, "expected", json_boolean(a->expected));
+		break;
+	case BANK_EV_DOOR_LEFT_OPEN:
+		json_object_set_new(o, "open_s", json_integer(a->open_s));
+		break;
+	case BANK_EV_CELL_SERVICE:
+		json_object_set_new(o, "in", json_boolean(a->in_service));
+		break;
+	case BANK_EV_RECONCILED:
+		json_object_set_new(o, "door",
+		    json_string(bank_door_name(a->door)));
+		json_object_set_new(o, "stored",
+		    json_string(bank_door_name(a->stored)));
+		break;
+	case BANK_EV_UNLOCK_FAILED:
+	case BANK_EV_BOARD_FAULT:
+		json_object_set_new(o, "error", json_string(a->text));
+		break;
+	default:
+		break;
+	}
+}
+
+/* A reservation's event: who, what, which cell; never a code or a hash. */
+static void
+resv_fields(struct lockerd *d, const struct resv_action *a, json_t *o)
+{
+	const struct resv *r = &a->r;
+	char when[UTIL_ISO_LEN];
+
+	json_object_set_new(o, "cell", json_integer(d->cells[r->cell].number));
+	json_object_set_new(o, "resv", json_integer(r->id));
+	json_object_set_new(o, "kind", json_string(r->kind == RESV_DROPOFF ?
+	    "dropoff" : "pickup"));
+	json_object_set_new(o, "app", json_string(r->app));
+	json_object_set_new(o, "state", json_string(resv_state_name(r->state)));
+	if (r->staff[0] != '\0')
+		json_object_set_new(o, "staff", json_string(r->staff));
+	if (a->ev == RESV_EV_REASSIGNED)
+		json_object_set_new(o, "from_cell",
+		    json_integer(d->cells[a->from_cell].number));
+	if (r->valid_until > 0 && (r->state == RESV_RESERVED ||
+	    r->state == RESV_READY || r->state == RESV_OVERDUE)) {
+		util_iso_time(r->valid_until, when, sizeof(when));
+		json_object_set_new(o, r->kind == RESV_DROPOFF ? "valid_until" :
+		    "due", json_string(when));
+	}
+	if (r->cancelled)
+		json_object_set_new(o, "cancelled", json_true());
+}
+
 static char *
 event_body(int64_t seq, void *arg)
 {
 	struct body_arg *ba = arg;
-	const struct bank_action *a = ba->a;
 	struct lockerd *d = ba->d;
+	uint8_t digest[32];
 	char when[UTIL_ISO_LEN];
 	json_t *o;
-	char *s;
+	char *s = NULL;
 
 	util_iso_time(ba->wall, when, sizeof(when));
 	o = json_pack("{s:I, s:s, s:s, s:s}", "seq", (json_int_t)seq,
 	    "locker", d->cfg.locker_id, "time", when, "type", ba->type);
 	if (o == NULL)
 		return NULL;
-	if (a != NULL) {
-		if (a->cell >= 0)
-			json_object_set_new(o, "cell",
-			    json_integer(d->cells[a->cell].number));
-		if (a->board >= 0)
-			json_object_set_new(o, "board",
-			    json_string(d->cfg.boards[a->board].name));
-		if (bank_event_is_alarm(a->ev))
-			json_object_set_new(o, "alarm", json_true());
-		switch (a->ev) {
-		case BANK_EV_UNLOCK:
-			json_object_set_new(o, "attempt",
-			    json_integer(a->attempt));
-			json_object_set_new(o, "reason", json_string(a->text));
-			break;
-		case BANK_EV_DOOR_JAMMED:
-			json_object_set_new(o, "attempts",
-			    json_integer(a->attempt));
-			break;
-		case BANK_EV_DOOR_OPENED:
-			json_object_set_new(o, "expected",
-			    json_boolean(a->expected));
-			break;
-		case BANK_EV_DOOR_LEFT_OPEN:
-			json_object_set_new(o, "open_s",
-			    json_integer(a->open_s));
-			break;
-		case BANK_EV_CELL_SERVICE:
-			json_object_set_new(o, "in",
-			    json_boolean(a->in_service));
-			break;
-		case BANK_EV_RECONCILED:
-			json_object_set_new(o, "door",
-			    json_string(bank_door_name(a->door)));
-			json_object_set_new(o, "stored",
-			    json_string(bank_door_name(a->stored)));
-			break;
-		case BANK_EV_UNLOCK_FAILED:
-		case BANK_EV_BOARD_FAULT:
-			json_object_set_new(o, "error", json_string(a->text));
-			break;
-		default:
-			break;
-		}
-	}
+	if (ba->a != NULL)
+		bank_fields(d, ba->a, o);
+	if (ba->ra != NULL)
+		resv_fields(d, ba->ra, o);
 	if (ba->extra != NULL)
 		json_object_update(o, ba->extra);
-	s = json_dumps(o, JSON_COMPACT);
+	/* Chained to the one before, signed; the next links to this. */
+	if (ledger_seal(o, d->keys->sign_sk, d->ledger_pend, digest) == 0 &&
+	    (s = json_dumps(o, JSON_COMPACT)) != NULL)
+		memcpy(d->ledger_pend, digest, sizeof(digest));
 	json_decref(o);
 	return s;
+}
+
+/* Transactions that append events keep the chain's head in step. */
+static int
+tx_begin(struct lockerd *d)
+{
+	memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
+	return store_begin(d->store);
+}
+
+static int
+tx_commit(struct lockerd *d)
+{
+	if (store_commit(d->store) == -1) {
+		memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
+		return -1;
+	}
+	memcpy(d->ledger_prev, d->ledger_pend, sizeof(d->ledger_prev));
+	return 0;
+}
+
+static void
+tx_rollback(struct lockerd *d)
+{
+	store_rollback(d->store);
+	memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
 }
 
 static int
@@ -112,11 +181,69 @@ static int
 append_event(struct lockerd *d, const struct bank_action *a, const char *type,
     json_t *extra)
 {
-	struct body_arg ba = { d, a, type, util_wall_ms(), extra };
+	struct body_arg ba = { d, a, NULL, type, util_wall_ms(), extra };
 	int cell = a != NULL && a->cell >= 0 ? d->cells[a->cell].number : 0;
 
 	return store_event_append(d->store, ba.wall, type, cell, event_body,
 	    &ba, NULL);
+}
+
+/* Appends an event outside the bank and the reservations, own tx. */
+int
+lockerd_record(struct lockerd *d, const char *type, json_t *extra)
+{
+	if (tx_begin(d) == -1)
+		return -1;
+	if (append_event(d, NULL, type, extra) == -1) {
+		tx_rollback(d);
+		return -1;
+	}
+	return tx_commit(d);
+}
+
+static int
+save_resv(struct lockerd *d, const struct resv *r)
+{
+	uint8_t sig[CODES_SIG_LEN];
+	char *text = NULL;
+	json_t *o;
+	int rc = -1;
+
+	if ((o = custody_resv_json(r, &d->bank)) != NULL &&
+	    custody_row_sign(d->keys, "resv", o, &text, sig) == 0)
+		rc = store_resv_save(d->store, r->id, !resv_is_terminal(r->state),
+		    text, sig, sizeof(sig));
+	else
+		log_error("reservation %lld: cannot encode it",
+		    (long long)r->id);
+	free(text);
+	json_decref(o);
+	return rc;
+}
+
+static int
+append_resv_event(struct lockerd *d, struct lockerd_step *s,
+    const struct resv_action *a)
+{
+	struct body_arg ba = { d, NULL, a, resv_event_name(a->ev),
+	    util_wall_ms(), NULL };
+	int64_t seq;
+	int i;
+
+	if (store_event_append(d->store, ba.wall, ba.type,
+	    d->cells[a->r.cell].number, event_body, &ba, &seq) == -1)
+		return -1;
+	if ((a->ev != RESV_EV_CODE_ISSUED && a->ev != RESV_EV_REISSUED) ||
+	    s->handed_over)
+		return 0;
+	/* The plain code rests only here, until it is delivered. */
+	for (i = 0; i < s->nissued; i++)
+		if (s->issued[i].resv == a->r.id && s->issued[i].seq == 0) {
+			s->issued[i].seq = seq;
+			return store_event_secret(d->store, seq,
+			    s->issued[i].code);
+		}
+	return 0;
 }
 
 static void
@@ -134,42 +261,170 @@ log_action(struct lockerd *d, const struct bank_action *a)
 		    a->text[0] ? ": " : "", a->text);
 }
 
+void
+lockerd_step_init(struct lockerd_step *s)
+{
+	memset(s, 0, sizeof(*s));
+}
+
+/* A code for a reservation: unique among the live ones, kept as a hash. */
+static void
+issue_code(struct lockerd *d, struct lockerd_step *s, int slot)
+{
+	struct lockerd_issued *is;
+	uint8_t hash[CODES_HASH_LEN];
+	char code[CODES_DIGITS_MAX + 1];
+	int tries = 0;
+
+	do {
+		codes_generate(code, d->cfg.codes.digits);
+		codes_hash(d->keys, "code", code, hash);
+	} while (resv_code_taken(&d->resv, hash) && ++tries < 100);
+	if (s->nissued < (int)(sizeof(s->issued) / sizeof(s->issued[0]))) {
+		is = &s->issued[s->nissued++];
+		is->resv = d->resv.r[slot].id;
+		is->seq = 0;
+		memcpy(is->code, code, sizeof(is->code));
+	}
+	sodium_memzero(code, sizeof(code));
+	resv_code_set(&d->resv, slot, hash, lockerd_now(), &s->resv);
+}
+
+static void
+push_order(struct lockerd_step *s, int rec)
+{
+	if (s->norder < (int)(sizeof(s->order) / sizeof(s->order[0])))
+		s->order[s->norder++] = rec;
+	else
+		s->bank.overflow = 1;
+}
+
+#define ORDER_RESV 0x100
+
+/* What a bank event means to the reservation holding the cell. */
+static void
+bank_to_resv(struct lockerd *d, struct lockerd_step *s,
+    const struct bank_action *a)
+{
+	int64_t now = lockerd_now();
+
+	if (a->type != BANK_ACT_EVENT || a->cell < 0)
+		return;
+	switch (a->ev) {
+	case BANK_EV_DOOR_OPENED:
+		resv_door_opened(&d->resv, a->cell, now, &s->resv);
+		break;
+	case BANK_EV_DOOR_CLOSED:
+		resv_door_closed(&d->resv, a->cell, now, &s->resv);
+		break;
+	case BANK_EV_RECONCILED:
+		if (a->door == BANK_DOOR_OPEN)
+			resv_door_opened(&d->resv, a->cell, now, &s->resv);
+		else if (a->door == BANK_DOOR_CLOSED)
+			resv_door_closed(&d->resv, a->cell, now, &s->resv);
+		break;
+	case BANK_EV_DOOR_JAMMED:
+	case BANK_EV_UNLOCK_FAILED:
+		resv_unlock_failed(&d->resv, a->cell, now, &s->resv);
+		break;
+	default:
+		break;
+	}
+}
+
+static void
+resv_to_bank(struct lockerd *d, struct lockerd_step *s, int i)
+{
+	const struct resv_action *a = &s->resv.a[i];
+
+	switch (a->type) {
+	case RESV_ACT_EVENT:
+	case RESV_ACT_SAVE:
+		push_order(s, ORDER_RESV + i);
+		break;
+	case RESV_ACT_UNLOCK:
+		if (bank_unlock(&d->bank, a->cell, a->reason, util_mono_ms(),
+		    &s->bank) != BANK_OK)
+			resv_unlock_failed(&d->resv, a->cell, lockerd_now(),
+			    &s->resv);
+		break;
+	case RESV_ACT_NEED_CODE:
+		issue_code(d, s, a->slot);
+		break;
+	case RESV_ACT_NOTICE:
+		break;
+	}
+}
+
+/* Reloads the reservations from the store after a failed commit. */
+static int load_resv(struct lockerd *d);
+
 int
-lockerd_apply(struct lockerd *d, struct bank_actions *acts)
+lockerd_run(struct lockerd *d, struct lockerd_step *s)
 {
 	struct bank_actions retry;
-	int i, need_tx = 0;
+	int i, bi = 0, ri = 0, need_tx = 0, rc;
 
-	if (acts->overflow)
-		fatal("bank: more than %d actions at once", BANK_ACTIONS_MAX);
-	for (i = 0; i < acts->n; i++)
-		if (acts->a[i].type != BANK_ACT_PULSE)
-			need_tx = 1;
+	/* Consequences first: what a record caused follows it. */
+	while (bi < s->bank.n || ri < s->resv.n) {
+		if (ri < s->resv.n) {
+			resv_to_bank(d, s, ri++);
+			continue;
+		}
+		if (s->bank.a[bi].type != BANK_ACT_PULSE)
+			push_order(s, bi);
+		bank_to_resv(d, s, &s->bank.a[bi++]);
+	}
+	if (s->bank.overflow || s->resv.overflow)
+		fatal("more than %d actions at once", BANK_ACTIONS_MAX);
+	need_tx = s->norder > 0;
 	if (need_tx) {
-		if (store_begin(d->store) == -1)
+		if (tx_begin(d) == -1)
 			goto fail;
-		for (i = 0; i < acts->n; i++) {
-			const struct bank_action *a = &acts->a[i];
-			int rc = 0;
+		for (i = 0; i < s->norder; i++) {
+			int k = s->order[i];
 
-			if (a->type == BANK_ACT_EVENT)
-				rc = append_event(d, a, bank_event_name(a->ev),
-				    NULL);
-			else if (a->type == BANK_ACT_SAVE)
-				rc = save_cell(d, a->cell);
+			if (k >= ORDER_RESV) {
+				const struct resv_action *a =
+				    &s->resv.a[k - ORDER_RESV];
+
+				rc = a->type == RESV_ACT_EVENT ?
+				    append_resv_event(d, s, a) :
+				    save_resv(d, &a->r);
+			} else if (s->bank.a[k].type == BANK_ACT_EVENT)
+				rc = append_event(d, &s->bank.a[k],
+				    bank_event_name(s->bank.a[k].ev), NULL);
+			else
+				rc = save_cell(d, s->bank.a[k].cell);
 			if (rc == -1) {
-				store_rollback(d->store);
+				tx_rollback(d);
 				goto fail;
 			}
 		}
-		if (store_commit(d->store) == -1)
+		if (tx_commit(d) == -1)
 			goto fail;
 	}
-	for (i = 0; i < acts->n; i++) {
-		const struct bank_action *a = &acts->a[i];
+	for (i = 0; i < s->resv.n; i++) {
+		const struct resv_action *a = &s->resv.a[i];
+
+		if (a->type == RESV_ACT_EVENT)
+			log_info("cell %d: reservation %lld: %s",
+			    d->cells[a->r.cell].number, (long long)a->r.id,
+			    resv_event_name(a->ev));
+		else if (a->type == RESV_ACT_NOTICE)
+			kiosk_notice(d, "info", a->slot >= 0 ?
+			    d->cells[a->cell].number : 0, a->text);
+	}
+	for (i = 0; i < s->bank.n; i++) {
+		const struct bank_action *a = &s->bank.a[i];
 
 		if (a->type == BANK_ACT_EVENT)
 			log_action(d, a);
+		if (a->type == BANK_ACT_EVENT && a->cell >= 0 &&
+		    (a->ev == BANK_EV_DOOR_OPENED ||
+		    a->ev == BANK_EV_DOOR_CLOSED))
+			kiosk_notice(d, a->ev == BANK_EV_DOOR_OPENED ? "open" :
+			    "closed", d->cells[a->cell].number, NULL);
 		if (a->type != BANK_ACT_PULSE)
 			continue;
 		if (mb_unlock(d->mb, d->cells[a->cell].board,
@@ -183,13 +438,37 @@ lockerd_apply(struct lockerd *d, struct bank_actions *acts)
 	}
 	return 0;
 fail:
-	/* Nothing was recorded, so nothing may move: undo in-flight unlocks. */
+	/* Nothing was recorded, so nothing may move: undo in-flight unlocks
+	 * and go back to the reservations as stored. */
 	log_error("could not record %d actions; no relay was pulsed",
-	    acts->n);
-	for (i = 0; i < acts->n; i++)
-		if (acts->a[i].type == BANK_ACT_PULSE)
-			d->cells[acts->a[i].cell].unlocking = 0;
+	    s->norder);
+	for (i = 0; i < s->bank.n; i++)
+		if (s->bank.a[i].type == BANK_ACT_PULSE)
+			d->cells[s->bank.a[i].cell].unlocking = 0;
+	for (i = 0; i < s->nissued; i++)
+		sodium_memzero(s->issued[i].code, sizeof(s->issued[i].code));
+	s->nissued = 0;
+	if (s->resv.n > 0 && load_resv(d) == -1)
+		log_error("the reservations could not be re-read either");
 	return -1;
+}
+
+int
+lockerd_apply(struct lockerd *d, struct bank_actions *acts)
+{
+	struct lockerd_step *s;
+	int rc;
+
+	/* Steps are large; keep them off the stack of nested calls. */
+	if ((s = malloc(sizeof(*s))) == NULL) {
+		log_error("out of memory recording %d actions", acts->n);
+		return -1;
+	}
+	lockerd_step_init(s);
+	s->bank = *acts;
+	rc = lockerd_run(d, s);
+	free(s);
+	return rc;
 }
 
 static void
@@ -234,6 +513,7 @@ void
 lockerd_tick(struct lockerd *d)
 {
 	struct bank_actions acts;
+	struct lockerd_step *s;
 	int more;
 
 	do {
@@ -241,6 +521,17 @@ lockerd_tick(struct lockerd *d)
 		more = bank_tick(&d->bank, util_mono_ms(), &acts);
 		lockerd_apply(d, &acts);
 	} while (more);
+	/* Expiry, overdue, grace windows: a handful per step. */
+	if (d->resv.r == NULL || resv_next_deadline(&d->resv) > lockerd_now() ||
+	    (s = malloc(sizeof(*s))) == NULL)
+		return;
+	do {
+		lockerd_step_init(s);
+		resv_tick(&d->resv, lockerd_now(), &s->resv);
+		if (s->resv.n == 0 || lockerd_run(d, s) == -1)
+			break;
+	} while (resv_next_deadline(&d->resv) <= lockerd_now());
+	free(s);
 }
 
 static int
@@ -329,17 +620,195 @@ first_read(struct lockerd *d)
 			    d->cfg.boards[i].name);
 	extra = json_pack("{s:I, s:s}", "boot", (json_int_t)d->boot,
 	    "version", LOCKERD_VERSION);
-	if (extra == NULL || store_begin(d->store) == -1 ||
-	    append_event(d, NULL, "started", extra) == -1 ||
-	    store_commit(d->store) == -1) {
+	if (extra == NULL || lockerd_record(d, "started", extra) == -1) {
 		json_decref(extra);
-		store_rollback(d->store);
 		return -1;
 	}
 	json_decref(extra);
 	memset(&acts, 0, sizeof(acts));
 	bank_reconcile(&d->bank, util_mono_ms(), &acts);
 	lockerd_tick(d);
+	return 0;
+}
+
+/* The chain's head: the digest of the last event, sealing old ones. */
+struct seal_arg {
+	struct lockerd *d;
+	int64_t *seqs;
+	char **bodies;
+	int n, cap, unsealed;
+};
+
+static int
+seal_collect(int64_t seq, const char *body, void *arg)
+{
+	struct seal_arg *sa = arg;
+	json_t *o = json_loads(body, 0, NULL);
+	void *p;
+
+	if (o == NULL)
+		return 0;
+	if (json_object_get(o, "sig") == NULL)
+		sa->unsealed = 1;
+	json_decref(o);
+	if (sa->n == sa->cap) {
+		sa->cap = sa->cap ? sa->cap * 2 : 256;
+		if ((p = realloc(sa->seqs, (size_t)sa->cap * sizeof(int64_t))) ==
+		    NULL)
+			return -1;
+		sa->seqs = p;
+		if ((p = realloc(sa->bodies, (size_t)sa->cap * sizeof(char *))) ==
+		    NULL)
+			return -1;
+		sa->bodies = p;
+	}
+	sa->seqs[sa->n] = seq;
+	if ((sa->bodies[sa->n] = strdup(body)) == NULL)
+		return -1;
+	sa->n++;
+	return 0;
+}
+
+static int
+last_digest(int64_t seq, const char *body, void *arg)
+{
+	struct seal_arg *sa = arg;
+	json_t *o = json_loads(body, 0, NULL);
+
+	(void)seq;
+	if (o != NULL && json_object_get(o, "sig") != NULL &&
+	    ledger_digest(o, sa->d->ledger_prev) == 0)
+		sa->unsealed = 0;
+	else
+		sa->unsealed = 1;
+	json_decref(o);
+	return 0;
+}
+
+static int
+ledger_start(struct lockerd *d)
+{
+	struct seal_arg sa = { d, NULL, NULL, 0, 0, 0 };
+	uint8_t digest[32];
+	int64_t last = store_event_last(d->store);
+	int i, rc = 0;
+	json_t *o;
+	char *text;
+
+	memset(d->ledger_prev, 0, sizeof(d->ledger_prev));
+	if (last <= 0)
+		return last;
+	if (store_events_after(d->store, last - 1, 1, last_digest, &sa) == -1)
+		return -1;
+	if (!sa.unsealed)
+		return 0;
+	/* Written before events were signed: seal them all, in order. */
+	if (store_events_after(d->store, 0, INT32_MAX, seal_collect, &sa) == -1
+	    || store_begin(d->store) == -1)
+		rc = -1;
+	memset(d->ledger_prev, 0, sizeof(d->ledger_prev));
+	for (i = 0; rc == 0 && i < sa.n; i++) {
+		if ((o = json_loads(sa.bodies[i], 0, NULL)) == NULL ||
+		    ledger_seal(o, d->keys->sign_sk, d->ledger_prev, digest) ==
+		    -1 || (text = json_dumps(o, JSON_COMPACT)) == NULL) {
+			json_decref(o);
+			rc = -1;
+			break;
+		}
+		json_decref(o);
+		rc = store_event_body(d->store, sa.seqs[i], text);
+		free(text);
+		memcpy(d->ledger_prev, digest, sizeof(digest));
+	}
+	if (rc == 0 && sa.n > 0)
+		rc = store_commit(d->store);
+	else if (sa.n > 0)
+		store_rollback(d->store);
+	if (rc == 0)
+		log_info("ledger: sealed %d events written before signing",
+		    sa.n);
+	for (i = 0; i < sa.n; i++)
+		free(sa.bodies[i]);
+	free(sa.bodies);
+	free(sa.seqs);
+	return rc;
+}
+
+/* Active reservations, believed only if the device key signed them. */
+struct load_arg {
+	struct lockerd *d;
+	char rejected[8][24];
+	char why[8][64];
+	int nrejected;
+	int loaded;
+};
+
+static int
+resv_row(const char *key, const char *body, const void *sig, size_t siglen,
+    void *arg)
+{
+	struct load_arg *la = arg;
+	struct lockerd *d = la->d;
+	char why[64] = "";
+	struct resv r;
+	json_t *o;
+
+	o = custody_row_open(d->keys->sign_pk, "resv", body, sig, siglen, why,
+	    sizeof(why));
+	if (o != NULL && custody_resv_parse(o, &d->bank, &r, why,
+	    sizeof(why)) == 0 && strcmp(key, "") != 0 &&
+	    r.id == strtoll(key, NULL, 10)) {
+		if (resv_restore(&d->resv, &r) == 0)
+			la->loaded++;
+		else
+			snprintf(why, sizeof(why), "its cell is taken or it "
+			    "has ended");
+	} else if (why[0] == '\0')
+		snprintf(why, sizeof(why), "its id does not match");
+	json_decref(o);
+	if (why[0] != '\0') {
+		log_error("reservation %s: rejected: %s; no door opens for it",
+		    key, why);
+		if (la->nrejected < 8) {
+			snprintf(la->rejected[la->nrejected], 24, "%s", key);
+			snprintf(la->why[la->nrejected], 64, "%s", why);
+			la->nrejected++;
+		}
+	}
+	return 0;
+}
+
+static int
+load_resv(struct lockerd *d)
+{
+	struct resv_timing rt;
+	struct load_arg la;
+	int64_t max;
+	int i;
+
+	memset(&la, 0, sizeof(la));
+	la.d = d;
+	resv_free(&d->resv);
+	if ((max = store_resv_max_id(d->store)) == -1)
+		return -1;
+	rt.grace_ms = (int64_t)d->cfg.codes.grace_s * 1000;
+	rt.pickup_due_ms = (int64_t)d->cfg.codes.pickup_due_h * 3600 * 1000;
+	if (resv_init(&d->resv, &d->bank, &rt, max + 1) == -1) {
+		log_error("reservations: out of memory");
+		return -1;
+	}
+	if (store_resv_active(d->store, resv_row, &la) == -1)
+		return -1;
+	for (i = 0; i < la.nrejected; i++) {
+		json_t *x = json_pack("{s:b, s:s, s:s, s:s}", "alarm", 1,
+		    "record", "reservation", "id", la.rejected[i], "reason",
+		    la.why[i]);
+
+		if (x == NULL || lockerd_record(d, "record_rejected", x) == -1)
+			log_error("could not record the rejected reservation");
+		json_decref(x);
+	}
+	log_debug("reservations: %d active", la.loaded);
 	return 0;
 }
 
@@ -356,7 +825,13 @@ lockerd_start(struct lockerd *d)
 		log_error("%s", err);
 		return -1;
 	}
-	if ((d->boot = store_boot(d->store)) == -1 || load_cells(d) == -1)
+	if ((d->keys = codes_keys_load(d->cfg.key_file, err, sizeof(err))) ==
+	    NULL) {
+		log_error("%s", err);
+		return -1;
+	}
+	if ((d->boot = store_boot(d->store)) == -1 || load_cells(d) == -1 ||
+	    ledger_start(d) == -1)
 		return -1;
 	t.debounce_ms = d->cfg.timing.debounce_ms;
 	t.unlock_confirm_ms = d->cfg.timing.unlock_confirm_ms;
@@ -366,6 +841,12 @@ lockerd_start(struct lockerd *d)
 	    (int64_t)d->cfg.timing.door_left_open_repeat_s * 1000;
 	bank_init(&d->bank, d->cells, d->cfg.ncells, d->boards,
 	    d->cfg.nboards, &t);
+	throttle_init(&d->code_thr, d->cfg.kiosk.code_burst,
+	    (int64_t)d->cfg.kiosk.code_refill_s * 1000, util_mono_ms());
+	throttle_init(&d->pin_thr, d->cfg.kiosk.pin_burst,
+	    (int64_t)d->cfg.kiosk.pin_refill_s * 1000, util_mono_ms());
+	if (load_resv(d) == -1)
+		return -1;
 	if ((d->mb = mb_start(&d->cfg)) == NULL)
 		return -1;
 	if (first_read(d) == -1)
@@ -374,6 +855,10 @@ lockerd_start(struct lockerd *d)
 	    (d->ctl = jsonl_open(d->cfg.control_socket, 0600, ctl_handle, d)) ==
 	    NULL)
 		return -1;
+	if ((d->kiosk = jsonl_open(d->cfg.kiosk_socket, 0660, kiosk_handle,
+	    d)) == NULL)
+		return -1;
+	jsonl_screen_errors(d->kiosk);
 	log_info("locker %s: %d cells on %d boards, boot %lld, ready",
 	    d->cfg.locker_id, d->cfg.ncells, d->cfg.nboards,
 	    (long long)d->boot);
@@ -385,11 +870,17 @@ lockerd_stop(struct lockerd *d)
 {
 	jsonl_close(d->ctl);
 	d->ctl = NULL;
+	jsonl_close(d->kiosk);
+	d->kiosk = NULL;
 	/* The workers switch off any relay still in a pulse. */
 	mb_stop(d->mb);
 	d->mb = NULL;
 	store_close(d->store);
 	d->store = NULL;
+	resv_free(&d->resv);
+	codes_keys_free(d->keys);
+	d->keys = NULL;
+	sodium_memzero(&d->session, sizeof(d->session));
 }
 
 void

@@ -8,10 +8,36 @@
 #include <stdint.h>
 
 #include "bank.h"
+#include "codes.h"
 #include "config.h"
 #include "jsonl.h"
 #include "mb.h"
+#include "resv.h"
+#include "staff.h"
 #include "store.h"
+#include "throttle.h"
+
+/* A code made while running a step, for whoever asked (never logged). */
+struct lockerd_issued {
+	int64_t resv;
+	int64_t seq;                 /* its code_issued / code_reissued event */
+	char code[CODES_DIGITS_MAX + 1];
+};
+
+/* One step: what the bank and the reservations do, recorded together. */
+struct lockerd_step {
+	struct bank_actions bank;
+	struct resv_actions resv;
+	struct lockerd_issued issued[4];
+	int nissued;
+	/* A requester waits for the new codes (a reserve or reissue reply):
+	 * they go to it and are never written down. Otherwise a new code
+	 * rests in its issuance event until delivered. */
+	int handed_over;
+	/* Records in the order they happened: bank (< 0x100) or resv. */
+	int order[BANK_ACTIONS_MAX + RESV_ACTIONS_MAX];
+	int norder;
+};
 
 struct lockerd {
 	struct config cfg;
@@ -25,6 +51,15 @@ struct lockerd {
 	char board_error[CONFIG_BOARDS_MAX][96];
 	struct jsonl *ctl;
 	int64_t boot;
+
+	struct codes_keys *keys;
+	struct resv_table resv;
+	uint8_t ledger_prev[32];        /* digest of the last committed event */
+	uint8_t ledger_pend[32];        /* ... of the last one in this tx */
+	struct jsonl *kiosk;
+	struct throttle code_thr, pin_thr;
+	struct staff session;           /* id "" when nobody is logged in */
+	int64_t session_until;          /* monotonic ms */
 };
 
 /* Start-up: database, cells, boards, first read, reconciliation. */
@@ -35,6 +70,18 @@ void lockerd_stop(struct lockerd *d);
  * the PULSE actions. On a failed commit no relay moves; returns -1.
  */
 int lockerd_apply(struct lockerd *d, struct bank_actions *acts);
+/*
+ * The same for a whole step: the bank's actions and the reservations'
+ * (door events feed the reservations, their unlocks go to the bank, new
+ * codes are made), all recorded in one transaction before any relay
+ * moves. On -1 nothing was recorded and no relay moved.
+ */
+void lockerd_step_init(struct lockerd_step *s);
+int lockerd_run(struct lockerd *d, struct lockerd_step *s);
+/* Appends one event of its own (staff log-ins, alarms) in its own tx. */
+int lockerd_record(struct lockerd *d, const char *type, json_t *extra);
+/* Reservations, staff: the clock they use (wall ms). */
+int64_t lockerd_now(void);
 /* Feeds waiting board reports into the bank. */
 void lockerd_mb_dispatch(struct lockerd *d);
 /* Timers: debounce, unlock confirmation, doors left open. */
@@ -44,5 +91,14 @@ void lockerd_reload(struct lockerd *d);
 
 /* The operator control socket (ctl.c). */
 json_t *ctl_handle(void *arg, json_t *req);
+/* The keypad socket (kiosk.c). */
+json_t *kiosk_handle(void *arg, json_t *req);
+void kiosk_notice(struct lockerd *d, const char *what, int cell,
+    const char *show);
+/* Staff session timeout; returns the next deadline (monotonic ms). */
+int64_t kiosk_tick(struct lockerd *d);
+/* The QR credential for a reservation holding a code, into out. */
+int lockerd_credential(struct lockerd *d, const struct resv *r, char *out,
+    size_t outlen);
 
 #endif

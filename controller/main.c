@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <poll.h>
+#include <sodium.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,15 +14,21 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
+#include "ledger.h"
 #include "lockerd.h"
 #include "log.h"
 #include "util.h"
 
 #define OVERRIDES_MAX 32
 
-enum { PFD_SIGNAL, PFD_MB, PFD_CTL, PFD_MAX = PFD_CTL + 1 + JSONL_CLIENTS_MAX };
+enum {
+	PFD_SIGNAL, PFD_MB, PFD_CTL,
+	PFD_MAX = PFD_CTL + 2 * (1 + JSONL_CLIENTS_MAX)
+};
 
 static void
 usage(FILE *f)
@@ -30,6 +37,9 @@ usage(FILE *f)
 "usage: lockerd [-c FILE] [--set SECTION.KEY=VALUE]...\n"
 "       lockerd --check-config FILE\n"
 "       lockerd --print-default-config\n"
+"       lockerd [-c FILE] --add-staff ID --name NAME [--role staff|admin]\n"
+"       lockerd [-c FILE] --verify-ledger\n"
+"       lockerd [-c FILE] --public-key\n"
 "\n"
 "The controller of one locker bank: drives the lock boards over Modbus and\n"
 "keeps the cells' state and the event ledger in SQLite.\n"
@@ -42,6 +52,15 @@ usage(FILE *f)
 "                           reason on stderr and exit 1; nothing is started\n"
 "      --print-default-config\n"
 "                           print the built-in default configuration\n"
+"      --add-staff ID       add (or replace) a staff account and exit; the PIN\n"
+"                           (6-12 digits) is read from the terminal twice, or\n"
+"                           once from standard input; --name and --role say\n"
+"                           who (role staff by default)\n"
+"      --verify-ledger      check the whole event chain (sequence, hash links,\n"
+"                           signatures) and exit: 0 if it holds, else the\n"
+"                           first broken link on stderr and exit 1\n"
+"      --public-key         print the device's Ed25519 public key (hex), the\n"
+"                           key a platform verifies events and QR codes with\n"
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -87,8 +106,8 @@ static int
 run(struct lockerd *d, int sigfd)
 {
 	struct pollfd pfd[PFD_MAX];
-	int64_t next, now;
-	int n, nctl, timeout;
+	int64_t next, now, t, wall;
+	int n, nctl, nkiosk, timeout;
 
 	for (;;) {
 		memset(pfd, 0, sizeof(pfd));
@@ -98,11 +117,20 @@ run(struct lockerd *d, int sigfd)
 		pfd[PFD_MB].events = POLLIN;
 		nctl = d->ctl ? jsonl_pollfds(d->ctl, &pfd[PFD_CTL],
 		    PFD_MAX - PFD_CTL) : 0;
+		nkiosk = d->kiosk == NULL ? 0 : jsonl_pollfds(d->kiosk, &pfd[PFD_CTL + nctl],
+		    PFD_MAX - PFD_CTL - nctl);
 		next = bank_next_deadline(&d->bank);
 		now = util_mono_ms();
+		if ((t = kiosk_tick(d)) < next)
+			next = t;
+		/* Reservation deadlines are wall-clock times. */
+		wall = lockerd_now();
+		if ((t = resv_next_deadline(&d->resv)) != INT64_MAX &&
+		    now + (t - wall) < next)
+			next = now + (t > wall ? t - wall : 0);
 		timeout = next == INT64_MAX ? -1 : next <= now ? 0 :
 		    next - now > 60000 ? 60000 : (int)(next - now);
-		n = poll(pfd, (nfds_t)(PFD_CTL + nctl), timeout);
+		n = poll(pfd, (nfds_t)(PFD_CTL + nctl + nkiosk), timeout);
 		if (n == -1) {
 			if (errno == EINTR)
 				continue;
@@ -116,6 +144,8 @@ run(struct lockerd *d, int sigfd)
 			lockerd_mb_dispatch(d);
 		if (nctl)
 			jsonl_dispatch(d->ctl, &pfd[PFD_CTL], nctl);
+		if (nkiosk)
+			jsonl_dispatch(d->kiosk, &pfd[PFD_CTL + nctl], nkiosk);
 		lockerd_tick(d);
 	}
 }
@@ -141,6 +171,173 @@ check_config(const char *path)
 	return rc == -1 ? 1 : 0;
 }
 
+/* A PIN from the terminal (no echo) or one line of standard input. */
+static int
+read_pin(const char *prompt, char *buf, size_t len)
+{
+	struct termios old, raw;
+	int tty = isatty(STDIN_FILENO), ok;
+	size_t n;
+
+	if (tty) {
+		fputs(prompt, stderr);
+		if (tcgetattr(STDIN_FILENO, &old) == -1)
+			return -1;
+		raw = old;
+		raw.c_lflag &= ~(tcflag_t)ECHO;
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &raw);
+	}
+	ok = fgets(buf, (int)len, stdin) != NULL;
+	if (tty) {
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+		fputc('\n', stderr);
+	}
+	if (!ok)
+		return -1;
+	n = strcspn(buf, "\r\n");
+	buf[n] = '\0';
+	return 0;
+}
+
+static int
+mkdir_state(const char *path)
+{
+	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
+		fprintf(stderr, "lockerd: state folder %s: %s\n", path,
+		    strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* The store and the keys without starting the locker. */
+static int
+open_state(struct lockerd *d)
+{
+	char err[512];
+
+	if ((d->store = store_open(d->cfg.database, err, sizeof(err))) == NULL ||
+	    (d->keys = codes_keys_load(d->cfg.key_file, err, sizeof(err))) ==
+	    NULL) {
+		fprintf(stderr, "lockerd: %s\n", err);
+		store_close(d->store);
+		d->store = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void
+close_state(struct lockerd *d)
+{
+	store_close(d->store);
+	codes_keys_free(d->keys);
+	d->store = NULL;
+	d->keys = NULL;
+}
+
+static int
+add_staff(struct lockerd *d, const char *id, const char *name,
+    const char *role)
+{
+	char pin[64], again[64];
+	struct staff st;
+	int rc = 1;
+
+	memset(&st, 0, sizeof(st));
+	if (!staff_valid_id(id) || name == NULL || *name == '\0' ||
+	    util_strlcpy(st.name, name, sizeof(st.name)) == -1 ||
+	    !staff_valid_role(role)) {
+		fprintf(stderr, "lockerd: --add-staff needs an id (1-31 of "
+		    "A-Z a-z 0-9 _ . -), --name (1-63 characters) and "
+		    "--role staff or admin\n");
+		return 2;
+	}
+	util_strlcpy(st.id, id, sizeof(st.id));
+	util_strlcpy(st.role, role, sizeof(st.role));
+	if (read_pin("PIN (6-12 digits): ", pin, sizeof(pin)) == -1 ||
+	    (isatty(STDIN_FILENO) && (read_pin("PIN again: ", again,
+	    sizeof(again)) == -1 || strcmp(pin, again) != 0))) {
+		fprintf(stderr, "lockerd: no PIN, or the two did not match\n");
+		goto out;
+	}
+	if (staff_hash_pin(pin, st.pin_hash) == -1) {
+		fprintf(stderr, "lockerd: the PIN must be 6-12 digits\n");
+		goto out;
+	}
+	st.created = util_wall_ms();
+	if (open_state(d) == -1)
+		goto out;
+	if (staff_put(d->store, d->keys, &st) == 0) {
+		printf("staff %s (%s, %s) added\n", st.id, st.name, st.role);
+		rc = 0;
+	}
+	close_state(d);
+out:
+	sodium_memzero(pin, sizeof(pin));
+	sodium_memzero(again, sizeof(again));
+	return rc;
+}
+
+struct verify_arg {
+	struct ledger_verify v;
+	int failed;
+};
+
+static int
+verify_one(int64_t seq, const char *body, void *arg)
+{
+	struct verify_arg *va = arg;
+
+	(void)seq;
+	if (ledger_verify_next(&va->v, body, strlen(body)) == -1) {
+		va->failed = 1;
+		return -1;
+	}
+	return 0;
+}
+
+static int
+verify_ledger(struct lockerd *d)
+{
+	static const uint8_t zero[LEDGER_HASH_LEN];
+	struct verify_arg va;
+	int64_t after = 0;
+	int rc;
+
+	if (open_state(d) == -1)
+		return 1;
+	memset(&va, 0, sizeof(va));
+	ledger_verify_init(&va.v, d->keys->sign_pk, 1, zero);
+	do {
+		after = va.v.next_seq - 1;
+		rc = store_events_after(d->store, after, 1000, verify_one, &va);
+	} while (rc == 0 && !va.failed && va.v.next_seq - 1 > after);
+	close_state(d);
+	if (rc == -1)
+		return 1;
+	if (va.failed) {
+		fprintf(stderr, "ledger broken: %s\n", va.v.error);
+		return 1;
+	}
+	printf("ledger ok: %lld events, chain and signatures verify\n",
+	    (long long)va.v.count);
+	return 0;
+}
+
+static int
+public_key(struct lockerd *d)
+{
+	char hex[2 * CODES_PK_LEN + 1];
+
+	if (open_state(d) == -1)
+		return 1;
+	codes_hex(d->keys->sign_pk, CODES_PK_LEN, hex, sizeof(hex));
+	close_state(d);
+	printf("%s\n", hex);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -151,11 +348,18 @@ main(int argc, char **argv)
 		{ "print-default-config", no_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
+		{ "add-staff", required_argument, NULL, 'A' },
+		{ "name", required_argument, NULL, 'N' },
+		{ "role", required_argument, NULL, 'R' },
+		{ "verify-ledger", no_argument, NULL, 'L' },
+		{ "public-key", no_argument, NULL, 'K' },
 		{ NULL, 0, NULL, 0 },
 	};
 	static struct lockerd d; /* large; and the bank points into it */
 	char *overrides[OVERRIDES_MAX + 1] = { NULL };
-	const char *config_path = NULL;
+	const char *config_path = NULL, *staff_id = NULL, *staff_name = NULL;
+	const char *staff_role = "staff";
+	int verify = 0, pubkey = 0;
 	struct rlimit nocore = { 0, 0 };
 	int noverrides = 0, ch, sigfd, rc;
 	char err[512];
@@ -185,6 +389,21 @@ main(int argc, char **argv)
 		case 'V':
 			printf("lockerd %s\n", LOCKERD_VERSION);
 			return 0;
+		case 'A':
+			staff_id = optarg;
+			break;
+		case 'N':
+			staff_name = optarg;
+			break;
+		case 'R':
+			staff_role = optarg;
+			break;
+		case 'L':
+			verify = 1;
+			break;
+		case 'K':
+			pubkey = 1;
+			break;
 		default:
 			usage(stderr);
 			return 2;
@@ -204,6 +423,14 @@ main(int argc, char **argv)
 	d.config_path = config_path;
 	d.overrides = overrides;
 	log_init("lockerd", d.cfg.log_level, d.cfg.log_syslog);
+	if (codes_init() == -1)
+		fatal("libsodium could not start");
+	if (staff_id != NULL || verify || pubkey) {
+		if (mkdir_state(d.cfg.state_dir) == -1)
+			return 1;
+		return staff_id != NULL ? add_staff(&d, staff_id, staff_name,
+		    staff_role) : verify ? verify_ledger(&d) : public_key(&d);
+	}
 	/* Keys and codes will live in this process's memory: no core dumps. */
 	if (setrlimit(RLIMIT_CORE, &nocore) == -1 ||
 	    prctl(PR_SET_DUMPABLE, 0) == -1)

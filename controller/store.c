@@ -19,6 +19,9 @@ enum {
 	ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
 	ST_CELL_DEFINE, ST_CELL_GET, ST_CELL_SAVE,
 	ST_EVENT_APPEND, ST_EVENT_LAST, ST_EVENTS_AFTER,
+	ST_SECRET_SET, ST_SECRETS, ST_BODY_SET,
+	ST_RESV_SAVE, ST_RESV_ACTIVE, ST_RESV_MAX,
+	ST_STAFF_PUT, ST_STAFF_GET,
 	ST_COUNT
 };
 
@@ -44,6 +47,23 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_EVENT_LAST] = "SELECT coalesce(max(seq), 0) FROM events",
 	[ST_EVENTS_AFTER] =
 	    "SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+	[ST_SECRET_SET] = "UPDATE events SET secret = ?2 WHERE seq = ?1",
+	[ST_SECRETS] =
+	    "SELECT seq, secret FROM events WHERE secret IS NOT NULL "
+	    "ORDER BY seq",
+	[ST_BODY_SET] = "UPDATE events SET body = ?2 WHERE seq = ?1",
+	[ST_RESV_SAVE] =
+	    "INSERT INTO reservations (id, active, body, sig) "
+	    "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET "
+	    "active = ?2, body = ?3, sig = ?4",
+	[ST_RESV_ACTIVE] =
+	    "SELECT id, body, sig FROM reservations WHERE active = 1 "
+	    "ORDER BY id",
+	[ST_RESV_MAX] = "SELECT coalesce(max(id), 0) FROM reservations",
+	[ST_STAFF_PUT] =
+	    "INSERT INTO staff (id, body, sig) VALUES (?1, ?2, ?3) "
+	    "ON CONFLICT (id) DO UPDATE SET body = ?2, sig = ?3",
+	[ST_STAFF_GET] = "SELECT body, sig FROM staff WHERE id = ?1",
 };
 
 struct store {
@@ -171,6 +191,7 @@ store_open(const char *path, char *err, size_t errlen)
 	sqlite3_busy_timeout(s->db, 5000);
 	if (exec(s, "PRAGMA journal_mode = WAL", msg, sizeof(msg)) == -1 ||
 	    exec(s, "PRAGMA synchronous = FULL", msg, sizeof(msg)) == -1 ||
+	    exec(s, "PRAGMA secure_delete = ON", msg, sizeof(msg)) == -1 ||
 	    exec(s, "PRAGMA foreign_keys = ON", msg, sizeof(msg)) == -1) {
 		snprintf(err, errlen, "%s: %s", path, msg);
 		goto fail;
@@ -418,4 +439,145 @@ store_events_after(struct store *s, int64_t after, int limit,
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 	return ret;
+}
+
+int
+store_event_secret(struct store *s, int64_t seq, const char *secret)
+{
+	sqlite3_stmt *st = s->st[ST_SECRET_SET];
+
+	sqlite3_bind_int64(st, 1, seq);
+	if (secret != NULL)
+		sqlite3_bind_text(st, 2, secret, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_null(st, 2);
+	return step_done(s, ST_SECRET_SET);
+}
+
+int
+store_event_secrets(struct store *s, store_event_fn fn, void *arg)
+{
+	sqlite3_stmt *st = s->st[ST_SECRETS];
+	int rc, ret = 0;
+
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if (fn(sqlite3_column_int64(st, 0),
+		    (const char *)sqlite3_column_text(st, 1), arg) == -1)
+			break;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading undelivered codes: %s",
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	return ret;
+}
+
+int
+store_event_body(struct store *s, int64_t seq, const char *body)
+{
+	sqlite3_stmt *st = s->st[ST_BODY_SET];
+
+	sqlite3_bind_int64(st, 1, seq);
+	sqlite3_bind_text(st, 2, body, -1, SQLITE_TRANSIENT);
+	return step_done(s, ST_BODY_SET);
+}
+
+int
+store_resv_save(struct store *s, int64_t id, int active, const char *body,
+    const uint8_t *sig, size_t siglen)
+{
+	sqlite3_stmt *st = s->st[ST_RESV_SAVE];
+
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_int(st, 2, active ? 1 : 0);
+	sqlite3_bind_text(st, 3, body, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 4, sig, (int)siglen, SQLITE_TRANSIENT);
+	return step_done(s, ST_RESV_SAVE);
+}
+
+int
+store_resv_active(struct store *s, store_row_fn fn, void *arg)
+{
+	sqlite3_stmt *st = s->st[ST_RESV_ACTIVE];
+	char key[24];
+	int rc, ret = 0;
+
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		snprintf(key, sizeof(key), "%lld",
+		    (long long)sqlite3_column_int64(st, 0));
+		if (fn(key, (const char *)sqlite3_column_text(st, 1),
+		    sqlite3_column_blob(st, 2),
+		    (size_t)sqlite3_column_bytes(st, 2), arg) == -1)
+			break;
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading reservations: %s",
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	return ret;
+}
+
+int64_t
+store_resv_max_id(struct store *s)
+{
+	sqlite3_stmt *st = s->st[ST_RESV_MAX];
+	int64_t max = -1;
+
+	if (sqlite3_step(st) == SQLITE_ROW)
+		max = sqlite3_column_int64(st, 0);
+	else
+		log_error("database: reading reservations: %s",
+		    sqlite3_errmsg(s->db));
+	sqlite3_reset(st);
+	return max;
+}
+
+int
+store_staff_put(struct store *s, const char *id, const char *body,
+    const uint8_t *sig, size_t siglen)
+{
+	sqlite3_stmt *st = s->st[ST_STAFF_PUT];
+
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, body, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_blob(st, 3, sig, (int)siglen, SQLITE_TRANSIENT);
+	return step_done(s, ST_STAFF_PUT);
+}
+
+int
+store_staff_get(struct store *s, const char *id, store_row_fn fn, void *arg)
+{
+	sqlite3_stmt *st = s->st[ST_STAFF_GET];
+	int rc, ret;
+
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		ret = fn(id, (const char *)sqlite3_column_text(st, 0),
+		    sqlite3_column_blob(st, 1),
+		    (size_t)sqlite3_column_bytes(st, 1), arg) == -1 ? -1 : 0;
+	else if (rc == SQLITE_DONE)
+		ret = 1;
+	else {
+		log_error("database: reading staff %s: %s", id,
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
+void
+store_scrub(struct store *s)
+{
+	int rc = sqlite3_wal_checkpoint_v2(s->db, NULL,
+	    SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+
+	if (rc != SQLITE_OK)
+		log_warn("database: checkpoint after wiping codes: %s",
+		    sqlite3_errmsg(s->db));
 }

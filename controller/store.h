@@ -60,4 +60,33 @@ typedef int (*store_event_fn)(int64_t seq, const char *body, void *arg);
 int store_events_after(struct store *s, int64_t after, int limit,
     store_event_fn fn, void *arg);
 
+/* The plain code of an issuance event until delivered (NULL clears). */
+int store_event_secret(struct store *s, int64_t seq, const char *secret);
+/* Calls fn(seq, secret, arg) for every event that still holds one. */
+int store_event_secrets(struct store *s, store_event_fn fn, void *arg);
+/*
+ * After wiping secrets: checkpoints the WAL into the database (whose freed
+ * space secure_delete zeroes) and truncates it, so no old copy remains.
+ */
+void store_scrub(struct store *s);
+/* Rewrites an event's body (sealing events written before signing). */
+int store_event_body(struct store *s, int64_t seq, const char *body);
+
+/*
+ * Signed rows (reservations, staff): the key as text, the canonical body
+ * and its signature. fn returns -1 to stop.
+ */
+typedef int (*store_row_fn)(const char *key, const char *body,
+    const void *sig, size_t siglen, void *arg);
+int store_resv_save(struct store *s, int64_t id, int active, const char *body,
+    const uint8_t *sig, size_t siglen);
+int store_resv_active(struct store *s, store_row_fn fn, void *arg);
+/* The highest reservation id ever used (0 if none), -1 on error. */
+int64_t store_resv_max_id(struct store *s);
+int store_staff_put(struct store *s, const char *id, const char *body,
+    const uint8_t *sig, size_t siglen);
+/* 0 and fn called if found, 1 if there is no such staff id, -1 on error. */
+int store_staff_get(struct store *s, const char *id, store_row_fn fn,
+    void *arg);
+
 #endif

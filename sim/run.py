@@ -116,6 +116,11 @@ lockerd is running on its built-in default (24 cells on two simulated
 boards, locksim on 127.0.0.1:{port}, automatic person on), state in
 {os.path.relpath(run)}/lockerd-state. In another terminal, try:
 
+  python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"reserve","app":"A-1","size":"M"}}'
+        (the platform's part: a drop-off cell and its code)
+  {os.path.relpath(os.path.join(build, "kiosk"))} -s {os.path.relpath(os.path.join(run, "lockerd-state", "kiosk.sock"))} code CODE
+        (the applicant at the keypad: the cell opens, the automatic person
+         puts the documents in and closes it)
   python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"open","cell":3}}'
   python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"state"}}'
   python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"events","after":0}}'

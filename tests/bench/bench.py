@@ -184,6 +184,29 @@ def main():
     emit("idle_rss_kib", None, value=rss)
     size = os.path.getsize(os.path.join(H.build_dir(), "lockerd"))
     emit("binary_size_bytes", None, value=size)
+    bench_codes(5)
+
+
+def bench_codes(runs, live=10000):
+    """codebench runs, each issuing `live` codes then verifying 2000 right
+    and 2000 wrong ones among them; medians over the runs."""
+    import statistics
+    import subprocess
+    per = {}
+    for _ in range(runs):
+        out = subprocess.run([os.path.join(H.build_dir(), "codebench"), str(live)],
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            rec = json.loads(line)
+            per.setdefault(rec["bench"], []).append(rec)
+    rates = [r["value"] for r in per["code_issue_rate"]]
+    emit("code_issue_rate", None, value=round(statistics.median(rates)), unit="codes/s",
+         runs=runs, what=per["code_issue_rate"][0]["what"])
+    for name in ("code_verify_us", "code_reject_us"):
+        recs = per[name]
+        emit(name, None, median=round(statistics.median(r["median"] for r in recs), 1),
+             p99=round(statistics.median(r["p99"] for r in recs), 1), unit="us", live=live,
+             runs=runs, what=recs[0]["what"] + " (medians of per-run median and p99)")
 
 
 if __name__ == "__main__":

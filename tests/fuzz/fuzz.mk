@@ -18,7 +18,7 @@ FUZZ_DIR           := tests/fuzz
 
 # Target name and its -max_len.
 FUZZ_TARGETS := fuzz_config:8192 fuzz_profile:2048 fuzz_board_reply:301 \
-	fuzz_ctl_json:4096
+	fuzz_ctl_json:4096 fuzz_credential:400
 FUZZ_NAMES   := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
 FUZZ_BINS    := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
 
@@ -80,3 +80,7 @@ $(FUZZ_BUILD)/fuzz_ctl_json: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_ctl_json.c \
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
+
+$(FUZZ_BUILD)/fuzz_credential: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_credential.c \
+		controller/codes.c)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)

@@ -1,0 +1,525 @@
+/*
+ * The keypad socket (proto/kiosk.md): codes, QR credentials, staff log-in
+ * and staff actions from the keypad, and notices to the screen. Every
+ * failed code and PIN goes through a throttle; a throttle that runs dry
+ * is a "guessing" alarm in the ledger.
+ */
+#include <jansson.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lockerd.h"
+#include "log.h"
+#include "util.h"
+
+#define SHOW_MAX 160
+
+static json_t *
+refuse(const char *error, const char *show, int64_t wait_ms)
+{
+	return json_pack("{s:b, s:s, s:s, s:I}", "ok", 0, "error", error,
+	    "show", show, "wait_s", (json_int_t)((wait_ms + 999) / 1000));
+}
+
+static json_t *refuse_bad(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static json_t *
+refuse_bad(const char *fmt, ...)
+{
+	char show[SHOW_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(show, sizeof(show), fmt, ap);
+	va_end(ap);
+	return refuse("bad_request", show, 0);
+}
+
+void
+kiosk_notice(struct lockerd *d, const char *what, int cell, const char *show)
+{
+	char text[SHOW_MAX];
+	json_t *n;
+
+	if (d->kiosk == NULL)
+		return;
+	if (show == NULL && strcmp(what, "open") == 0)
+		snprintf(text, sizeof(text), "Cell %d is open.", cell);
+	else if (show == NULL && strcmp(what, "closed") == 0)
+		snprintf(text, sizeof(text), "Cell %d is closed. Thank you.",
+		    cell);
+	else
+		snprintf(text, sizeof(text), "%s", show ? show : "");
+	n = json_pack("{s:s, s:s}", "notice", what, "show", text);
+	if (n == NULL)
+		return;
+	if (cell > 0)
+		json_object_set_new(n, "cell", json_integer(cell));
+	jsonl_broadcast(d->kiosk, n);
+	json_decref(n);
+}
+
+static void
+guessing(struct lockerd *d, const char *what, const struct throttle *t)
+{
+	json_t *x = json_pack("{s:b, s:s, s:I}", "alarm", 1, "what", what,
+	    "failures", (json_int_t)t->failures);
+
+	log_warn("keypad: %s guessing: the throttle ran dry after %lld "
+	    "failures", what, (long long)t->failures);
+	if (x == NULL || lockerd_record(d, "guessing", x) == -1)
+		log_error("could not record the guessing alarm");
+	json_decref(x);
+}
+
+static json_t *
+refusal_reply(enum resv_refusal r)
+{
+	switch (r) {
+	case RESV_ERR_NO_CODE:
+		return refuse("invalid_code", "This code is not valid. Check "
+		    "it and try again.", 0);
+	case RESV_ERR_EXPIRED:
+		return refuse("expired", "This code has expired. Please "
+		    "contact the service hall.", 0);
+	case RESV_ERR_USED:
+		return refuse("used", "This code has already been used.", 0);
+	case RESV_ERR_CANCELLED:
+		return refuse("cancelled", "This reservation was cancelled.",
+		    0);
+	case RESV_ERR_CELL:
+		return refuse("cell_unavailable", "The cell cannot be opened "
+		    "now. Please ask the hall staff; your code still works.",
+		    0);
+	case RESV_ERR_FULL:
+		return refuse("full", "No free cell of that size.", 0);
+	case RESV_ERR_NOTHING:
+		return refuse("nothing", "Nothing to do.", 0);
+	default:
+		return refuse("not_allowed", resv_refusal_str(r), 0);
+	}
+}
+
+/* Runs a step; on success the reply for the opened cell. */
+static json_t *
+opened(struct lockerd *d, struct lockerd_step *s, int slot)
+{
+	const struct resv *r = &d->resv.r[slot];
+	char show[SHOW_MAX];
+	int cell = d->cells[r->cell].number;
+	int pickup = r->kind == RESV_PICKUP;
+
+	if (lockerd_run(d, s) == -1)
+		return refuse("unrecorded", "Sorry, the locker cannot record "
+		    "this now; no door was opened. Please try again later.",
+		    0);
+	snprintf(show, sizeof(show), pickup ? "Cell %d is open. Take your "
+	    "certificate and close the door." : "Cell %d is open. Put your "
+	    "documents in and close the door.", cell);
+	return json_pack("{s:b, s:s, s:i, s:s}", "ok", 1, "show", show,
+	    "cell", cell, "purpose", pickup ? "pickup" : "dropoff");
+}
+
+/* The keypad takes no code while the throttle says wait. */
+static json_t *
+throttled(struct lockerd *d)
+{
+	int64_t wait = throttle_wait(&d->code_thr, util_mono_ms());
+
+	if (wait == 0)
+		return NULL;
+	throttle_refused(&d->code_thr);
+	return refuse("wait", "Too many wrong codes. Please wait.", wait);
+}
+
+/* What a code or credential came to: a failure counts, a success opens. */
+static json_t *
+outcome(struct lockerd *d, struct lockerd_step *s, enum resv_refusal r,
+    int slot)
+{
+	if (r == RESV_ERR_NO_CODE) {
+		if (throttle_fail(&d->code_thr, util_mono_ms()))
+			guessing(d, "code", &d->code_thr);
+		return refusal_reply(r);
+	}
+	if (r != RESV_OK)
+		return refusal_reply(r);
+	throttle_success(&d->code_thr, util_mono_ms());
+	return opened(d, s, slot);
+}
+
+static json_t *
+enter_code(struct lockerd *d, json_t *req, struct lockerd_step *s)
+{
+	uint8_t code_hash[CODES_HASH_LEN], phone_hash[CODES_HASH_LEN];
+	const char *code = json_string_value(json_object_get(req, "code"));
+	json_t *pv = json_object_get(req, "phone");
+	const char *phone = json_string_value(pv);
+	enum resv_refusal r;
+	json_t *wait;
+	int slot = -1;
+
+	if (code == NULL)
+		return refuse_bad("Field 'code' (a string of digits) is "
+		    "missing.");
+	if (!codes_valid_digits(code, d->cfg.codes.digits,
+	    d->cfg.codes.digits))
+		return refuse_bad("A code has %d digits.",
+		    d->cfg.codes.digits);
+	if (pv != NULL && (phone == NULL || !codes_valid_digits(phone, 4, 4)))
+		return refuse_bad("Field 'phone' must be the last 4 digits of "
+		    "the phone number.");
+	if ((wait = throttled(d)) != NULL)
+		return wait;
+	codes_hash(d->keys, "code", code, code_hash);
+	if (phone != NULL)
+		codes_hash(d->keys, "phone", phone, phone_hash);
+	r = resv_enter(&d->resv, code_hash, phone ? phone_hash : NULL,
+	    lockerd_now(), &s->resv, &slot);
+	return outcome(d, s, r, slot);
+}
+
+static json_t *
+scan(struct lockerd *d, json_t *req, struct lockerd_step *s)
+{
+	const char *text = json_string_value(json_object_get(req,
+	    "credential"));
+	const char *reason = NULL;
+	struct codes_cred c;
+	enum resv_refusal r;
+	json_t *wait;
+	int slot = -1;
+
+	if (text == NULL)
+		return refuse_bad("Field 'credential' (the scanned text) is "
+		    "missing.");
+	if ((wait = throttled(d)) != NULL)
+		return wait;
+	if (codes_cred_parse(d->keys->sign_pk, text, &c, &reason) == -1 ||
+	    strcmp(c.locker, d->cfg.locker_id) != 0)
+		r = RESV_ERR_NO_CODE;
+	else
+		r = resv_enter_credential(&d->resv, c.resv, c.cell,
+		    c.code_hash, c.not_after * 1000, lockerd_now(), &s->resv,
+		    &slot);
+	if (r == RESV_ERR_NO_CODE)
+		log_info("keypad: a scanned credential was refused: %s",
+		    reason ? reason : "no such live code here");
+	return outcome(d, s, r, slot);
+}
+
+static int
+logged_in(struct lockerd *d)
+{
+	return d->session.id[0] != '\0' && util_mono_ms() < d->session_until;
+}
+
+static void
+end_session(struct lockerd *d, const char *why)
+{
+	json_t *x;
+
+	if (d->session.id[0] == '\0')
+		return;
+	x = json_pack("{s:s, s:s}", "staff", d->session.id, "why", why);
+	if (x == NULL || lockerd_record(d, "staff_logout", x) == -1)
+		log_error("could not record the end of a staff session");
+	json_decref(x);
+	log_info("keypad: staff %s: session ended (%s)", d->session.id, why);
+	sodium_memzero(&d->session, sizeof(d->session));
+	d->resv.retrieve_staff[0] = '\0';
+}
+
+int64_t
+kiosk_tick(struct lockerd *d)
+{
+	if (d->session.id[0] == '\0')
+		return INT64_MAX;
+	if (util_mono_ms() < d->session_until)
+		return d->session_until;
+	end_session(d, "timeout");
+	kiosk_notice(d, "session_ended", 0, "Staff session ended.");
+	return INT64_MAX;
+}
+
+static json_t *
+login(struct lockerd *d, json_t *req)
+{
+	const char *id = json_string_value(json_object_get(req, "staff"));
+	const char *pin = json_string_value(json_object_get(req, "pin"));
+	/* Unknown ids cost as much as wrong PINs: no id enumeration. */
+	static char dummy[STAFF_HASH_MAX];
+	struct staff st;
+	int64_t wait;
+	int rc, ok;
+	json_t *x;
+
+	if (id == NULL || pin == NULL)
+		return refuse_bad("Fields 'staff' and 'pin' are needed.");
+	if ((wait = throttle_wait(&d->pin_thr, util_mono_ms())) > 0) {
+		throttle_refused(&d->pin_thr);
+		return refuse("wait", "Too many wrong log-ins. Please wait.",
+		    wait);
+	}
+	rc = staff_valid_id(id) ? staff_get(d->store, d->keys->sign_pk, id,
+	    &st) : 1;
+	if (rc == -1)
+		return refuse("unrecorded", "The staff list cannot be read "
+		    "now.", 0);
+	if (rc != 0) {
+		if (dummy[0] == '\0')
+			staff_hash_pin("000000", dummy);
+		memset(&st, 0, sizeof(st));
+		memcpy(st.pin_hash, dummy, sizeof(st.pin_hash));
+	}
+	ok = staff_check_pin(&st, pin) && rc == 0;
+	if (!ok) {
+		sodium_memzero(&st, sizeof(st));
+		log_info("keypad: failed staff log-in");
+		if (throttle_fail(&d->pin_thr, util_mono_ms()))
+			guessing(d, "pin", &d->pin_thr);
+		return refuse("bad_login", "Wrong staff id or PIN.", 0);
+	}
+	throttle_success(&d->pin_thr, util_mono_ms());
+	end_session(d, "another log-in");
+	d->session = st;
+	sodium_memzero(d->session.pin_hash, sizeof(d->session.pin_hash));
+	sodium_memzero(&st, sizeof(st));
+	d->session_until = util_mono_ms() +
+	    (int64_t)d->cfg.kiosk.staff_session_s * 1000;
+	x = json_pack("{s:s, s:s}", "staff", d->session.id, "role",
+	    d->session.role);
+	if (x == NULL || lockerd_record(d, "staff_login", x) == -1)
+		log_error("could not record a staff log-in");
+	json_decref(x);
+	log_info("keypad: staff %s logged in", d->session.id);
+	return json_pack("{s:b, s:s, s:s, s:s, s:s, s:i}", "ok", 1, "show",
+	    "Logged in.", "staff", d->session.id, "name", d->session.name,
+	    "role", d->session.role, "session_s",
+	    d->cfg.kiosk.staff_session_s);
+}
+
+static int
+count_state(struct lockerd *d, enum resv_state state)
+{
+	int i, n = 0;
+
+	for (i = 0; i < d->resv.n; i++)
+		n += d->resv.r[i].id != 0 && d->resv.r[i].state == state;
+	return n;
+}
+
+/* The cell the step's reservations asked to unlock, or 0. */
+static int
+unlocked_cell(struct lockerd *d, const struct lockerd_step *s)
+{
+	int i;
+
+	for (i = 0; i < s->resv.n; i++)
+		if (s->resv.a[i].type == RESV_ACT_UNLOCK)
+			return d->cells[s->resv.a[i].cell].number;
+	return 0;
+}
+
+static json_t *
+staff_resv(struct lockerd *d, const char *op, json_t *req,
+    struct lockerd_step *s)
+{
+	char show[SHOW_MAX];
+	enum resv_refusal r;
+	const char *size, *app;
+	int slot = -1, cell;
+
+	if (strcmp(op, "load") == 0) {
+		size = json_string_value(json_object_get(req, "size"));
+		app = json_string_value(json_object_get(req, "app"));
+		if (size == NULL || strlen(size) != 1 ||
+		    strchr("SML", size[0]) == NULL)
+			return refuse_bad("Field 'size' must be S, M or L.");
+		if (app == NULL || *app == '\0' || strlen(app) >= RESV_APP_MAX)
+			return refuse_bad("Field 'app' (the application "
+			    "number, 1-%d characters) is needed.",
+			    RESV_APP_MAX - 1);
+		r = resv_load(&d->resv, app, size[0], d->session.id,
+		    lockerd_now(), &s->resv, &slot);
+	} else if (strcmp(op, "retrieve") == 0)
+		r = resv_retrieve(&d->resv, d->session.id, lockerd_now(),
+		    &s->resv);
+	else
+		r = resv_take_back(&d->resv, d->session.id, lockerd_now(),
+		    &s->resv);
+	if (r == RESV_ERR_STATE && strcmp(op, "retrieve") == 0)
+		return refuse("busy", "A cell is open for retrieval; close it "
+		    "first.", 0);
+	if (r != RESV_OK)
+		return refusal_reply(r);
+	cell = unlocked_cell(d, s);
+	if (lockerd_run(d, s) == -1)
+		return refuse("unrecorded", "The locker cannot record this "
+		    "now; no door was opened.", 0);
+	if (strcmp(op, "load") == 0) {
+		snprintf(show, sizeof(show), "Cell %d is open: put the "
+		    "certificate in and close the door.", cell);
+		return json_pack("{s:b, s:s, s:i, s:I}", "ok", 1, "show", show,
+		    "cell", cell, "resv", (json_int_t)d->resv.r[slot].id);
+	}
+	if (strcmp(op, "retrieve") == 0) {
+		snprintf(show, sizeof(show), "Cell %d is open: take the "
+		    "documents out and close the door.", cell);
+		return json_pack("{s:b, s:s, s:i, s:i}", "ok", 1, "show", show,
+		    "cell", cell, "remaining",
+		    count_state(d, RESV_DEPOSITED));
+	}
+	snprintf(show, sizeof(show), "Cell %d is open: take the item back "
+	    "and close the door.", cell);
+	return json_pack("{s:b, s:s, s:i}", "ok", 1, "show", show, "cell",
+	    cell);
+}
+
+static json_t *
+staff_cell(struct lockerd *d, const char *op, json_t *req)
+{
+	json_t *cv = json_object_get(req, "cell"), *in = NULL, *x;
+	struct bank_actions acts;
+	enum bank_refusal r;
+	char show[SHOW_MAX];
+	int cell;
+
+	if (!json_is_integer(cv) || (cell = bank_cell_index(&d->bank,
+	    (int)json_integer_value(cv))) == -1 ||
+	    json_integer_value(cv) > 999)
+		return refuse_bad("Field 'cell' must be a cell number of this "
+		    "locker.");
+	if (strcmp(op, "service") == 0 &&
+	    !json_is_boolean(in = json_object_get(req, "in")))
+		return refuse_bad("Field 'in' must be true or false.");
+	x = json_pack("{s:s, s:s, s:i}", "staff", d->session.id, "action", op,
+	    "cell", d->cells[cell].number);
+	if (x != NULL && in != NULL)
+		json_object_set(x, "in", in);
+	if (x == NULL || lockerd_record(d, "staff_action", x) == -1) {
+		json_decref(x);
+		return refuse("unrecorded", "The locker cannot record this "
+		    "now.", 0);
+	}
+	json_decref(x);
+	memset(&acts, 0, sizeof(acts));
+	if (in != NULL)
+		r = bank_set_service(&d->bank, cell, json_is_true(in),
+		    util_mono_ms(), &acts);
+	else
+		r = bank_unlock(&d->bank, cell, "staff_service",
+		    util_mono_ms(), &acts);
+	if (r != BANK_OK) {
+		snprintf(show, sizeof(show), "Cell %d: %s.",
+		    d->cells[cell].number, bank_refusal_str(r));
+		return refuse(r == BANK_ERR_BUSY ? "busy" : "cell_unavailable",
+		    show, 0);
+	}
+	if (lockerd_apply(d, &acts) == -1)
+		return refuse("unrecorded", "The locker cannot record this "
+		    "now; no door was opened.", 0);
+	if (in != NULL) {
+		snprintf(show, sizeof(show), "Cell %d is %s service.",
+		    d->cells[cell].number, json_is_true(in) ? "in" : "out of");
+		return json_pack("{s:b, s:s, s:i, s:O}", "ok", 1, "show", show,
+		    "cell", d->cells[cell].number, "in", in);
+	}
+	snprintf(show, sizeof(show), "Cell %d is open for service.",
+	    d->cells[cell].number);
+	return json_pack("{s:b, s:s, s:i}", "ok", 1, "show", show, "cell",
+	    d->cells[cell].number);
+}
+
+static json_t *
+status(struct lockerd *d)
+{
+	int64_t wait = throttle_wait(&d->code_thr, util_mono_ms());
+	int free_[3] = { 0, 0, 0 }, i;
+
+	for (i = 0; i < d->bank.ncells; i++) {
+		const struct bank_cell *c = &d->cells[i];
+
+		if (c->in_service && d->boards[c->board].ok &&
+		    c->door == BANK_DOOR_CLOSED && c->item != 1 &&
+		    resv_slot_of_cell(&d->resv, i) == -1)
+			free_[c->size == 'S' ? 0 : c->size == 'M' ? 1 : 2]++;
+	}
+	return json_pack("{s:b, s:s, s:o, s:I, s:{s:i, s:i, s:i}}", "ok", 1,
+	    "show", wait > 0 ? "Please wait." : "Enter your code.",
+	    "staff", logged_in(d) ? json_string(d->session.id) : json_null(),
+	    "wait_s", (json_int_t)((wait + 999) / 1000),
+	    "free", "S", free_[0], "M", free_[1], "L", free_[2]);
+}
+
+static json_t *
+dispatch(struct lockerd *d, json_t *req, struct lockerd_step *s)
+{
+	const char *op = json_string_value(json_object_get(req, "op"));
+
+	if (op == NULL)
+		return refuse_bad("Field 'op' (a string) is missing.");
+	if (strcmp(op, "code") == 0)
+		return enter_code(d, req, s);
+	if (strcmp(op, "scan") == 0)
+		return scan(d, req, s);
+	if (strcmp(op, "login") == 0)
+		return login(d, req);
+	if (strcmp(op, "status") == 0)
+		return status(d);
+	if (strcmp(op, "logout") == 0) {
+		end_session(d, "logout");
+		return json_pack("{s:b, s:s}", "ok", 1, "show", "Logged out.");
+	}
+	if (strcmp(op, "load") != 0 && strcmp(op, "retrieve") != 0 &&
+	    strcmp(op, "take_back") != 0 && strcmp(op, "open") != 0 &&
+	    strcmp(op, "service") != 0)
+		return refuse_bad("Unknown op '%.40s'.", op);
+	if (!logged_in(d)) {
+		if (d->session.id[0] != '\0')
+			end_session(d, "timeout");
+		return refuse("not_logged_in", "Please log in first.", 0);
+	}
+	d->session_until = util_mono_ms() +
+	    (int64_t)d->cfg.kiosk.staff_session_s * 1000;
+	if (strcmp(op, "open") == 0 || strcmp(op, "service") == 0)
+		return staff_cell(d, op, req);
+	return staff_resv(d, op, req, s);
+}
+
+json_t *
+kiosk_handle(void *arg, json_t *req)
+{
+	struct lockerd *d = arg;
+	struct lockerd_step *s;
+	json_t *reply;
+
+	if ((s = malloc(sizeof(*s))) == NULL)
+		return refuse("unrecorded", "Out of memory.", 0);
+	lockerd_step_init(s);
+	reply = dispatch(d, req, s);
+	free(s);
+	return reply;
+}
+
+int
+lockerd_credential(struct lockerd *d, const struct resv *r, char *out,
+    size_t outlen)
+{
+	struct codes_cred c;
+
+	memset(&c, 0, sizeof(c));
+	util_strlcpy(c.locker, d->cfg.locker_id, sizeof(c.locker));
+	c.resv = r->id;
+	c.cell = d->cells[r->cell].number;
+	c.purpose = r->kind == RESV_DROPOFF ? CODES_DROPOFF : CODES_PICKUP;
+	/* A pickup code outlives its due date until staff take it back. */
+	c.not_after = (r->kind == RESV_DROPOFF ? r->valid_until :
+	    r->valid_until + 365LL * 86400 * 1000) / 1000;
+	memcpy(c.code_hash, r->code_hash, sizeof(c.code_hash));
+	return codes_cred_make(d->keys, &c, out, outlen);
+}

@@ -1,0 +1,143 @@
+/*
+ * Staff accounts (staff.h).
+ */
+#include "staff.h"
+
+#include <jansson.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "custody.h"
+#include "log.h"
+#include "util.h"
+
+/*
+ * Argon2id cost: 8 MiB and 3 passes, about 30 ms on a small ARM board.
+ * A 6-digit PIN cannot resist an offline search whatever the cost; the
+ * hash keeps a stolen database from handing the PINs over at a glance,
+ * and the keypad throttle is what stops guessing at the locker.
+ */
+#define PIN_OPSLIMIT 3
+#define PIN_MEMLIMIT (8u << 20)
+
+int
+staff_valid_id(const char *id)
+{
+	size_t i, n = strlen(id);
+
+	if (n == 0 || n >= STAFF_ID_MAX)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (!((id[i] >= 'a' && id[i] <= 'z') ||
+		    (id[i] >= 'A' && id[i] <= 'Z') ||
+		    (id[i] >= '0' && id[i] <= '9') || id[i] == '_' ||
+		    id[i] == '.' || id[i] == '-'))
+			return 0;
+	return 1;
+}
+
+int
+staff_valid_role(const char *role)
+{
+	return strcmp(role, "staff") == 0 || strcmp(role, "admin") == 0;
+}
+
+int
+staff_hash_pin(const char *pin, char out[STAFF_HASH_MAX])
+{
+	if (!codes_valid_digits(pin, STAFF_PIN_MIN, STAFF_PIN_MAX))
+		return -1;
+	if (crypto_pwhash_str_alg(out, pin, strlen(pin), PIN_OPSLIMIT,
+	    PIN_MEMLIMIT, crypto_pwhash_ALG_ARGON2ID13) != 0)
+		return -1;
+	return 0;
+}
+
+int
+staff_check_pin(const struct staff *s, const char *pin)
+{
+	return crypto_pwhash_str_verify(s->pin_hash, pin, strlen(pin)) == 0;
+}
+
+int
+staff_put(struct store *st, const struct codes_keys *k,
+    const struct staff *s)
+{
+	uint8_t sig[CODES_SIG_LEN];
+	char *text = NULL;
+	json_t *o;
+	int rc = -1;
+
+	o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", s->id, "name",
+	    s->name, "role", s->role, "pin", s->pin_hash, "created",
+	    (json_int_t)s->created);
+	if (o == NULL || custody_row_sign(k, "staff", o, &text, sig) == -1) {
+		log_error("staff %s: cannot encode the account", s->id);
+		goto out;
+	}
+	if (store_begin(st) == -1)
+		goto out;
+	if (store_staff_put(st, s->id, text, sig, sizeof(sig)) == -1) {
+		store_rollback(st);
+		goto out;
+	}
+	rc = store_commit(st);
+out:
+	free(text);
+	json_decref(o);
+	return rc;
+}
+
+struct get_arg {
+	const uint8_t *pk;
+	struct staff *out;
+	int bad;
+};
+
+static int
+got_row(const char *key, const char *body, const void *sig, size_t siglen,
+    void *arg)
+{
+	struct get_arg *g = arg;
+	const char *id, *name, *role, *pin;
+	json_int_t created = 0;
+	char why[64];
+	json_t *o;
+
+	o = custody_row_open(g->pk, "staff", body, sig, siglen, why,
+	    sizeof(why));
+	if (o == NULL || json_unpack(o, "{s:s, s:s, s:s, s:s, s:I}", "id", &id,
+	    "name", &name, "role", &role, "pin", &pin, "created",
+	    &created) == -1 || strcmp(id, key) != 0 ||
+	    util_strlcpy(g->out->id, id, sizeof(g->out->id)) == -1 ||
+	    util_strlcpy(g->out->name, name, sizeof(g->out->name)) == -1 ||
+	    util_strlcpy(g->out->role, role, sizeof(g->out->role)) == -1 ||
+	    util_strlcpy(g->out->pin_hash, pin, sizeof(g->out->pin_hash)) ==
+	    -1) {
+		log_warn("staff %s: the stored account does not verify (%s); "
+		    "it was not written by this locker and is ignored", key,
+		    o == NULL ? why : "fields");
+		g->bad = 1;
+	}
+	g->out->created = created;
+	json_decref(o);
+	return 0;
+}
+
+int
+staff_get(struct store *st, const uint8_t pk[CODES_PK_LEN], const char *id,
+    struct staff *out)
+{
+	struct get_arg g = { pk, out, 0 };
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = store_staff_get(st, id, got_row, &g);
+	if (rc == 0 && g.bad) {
+		memset(out, 0, sizeof(*out));
+		return 2;
+	}
+	return rc;
+}

@@ -1,0 +1,46 @@
+/*
+ * Staff accounts: id, name, role and a PIN stored with crypto_pwhash
+ * (Argon2id). Kept as signed rows (custody.h): an account inserted into
+ * the database by hand is not believed.
+ */
+#ifndef LOCKERD_STAFF_H
+#define LOCKERD_STAFF_H
+
+#include <stdint.h>
+
+#include "codes.h"
+#include "store.h"
+
+#define STAFF_ID_MAX 32
+#define STAFF_NAME_MAX 64
+#define STAFF_PIN_MIN 6
+#define STAFF_PIN_MAX 12
+#define STAFF_HASH_MAX 128
+
+struct staff {
+	char id[STAFF_ID_MAX];
+	char name[STAFF_NAME_MAX];
+	char role[16];                 /* "staff" | "admin" */
+	char pin_hash[STAFF_HASH_MAX]; /* crypto_pwhash_str, Argon2id */
+	int64_t created;
+};
+
+/* 1-31 of A-Z a-z 0-9 _ . - */
+int staff_valid_id(const char *id);
+int staff_valid_role(const char *role);
+/* Argon2id of the PIN; -1 if the PIN is not 6-12 digits or no memory. */
+int staff_hash_pin(const char *pin, char out[STAFF_HASH_MAX]);
+/* 1 if pin matches, 0 if not (constant work either way). */
+int staff_check_pin(const struct staff *s, const char *pin);
+
+/* Writes (or replaces) an account, signed, in its own transaction. */
+int staff_put(struct store *st, const struct codes_keys *k,
+    const struct staff *s);
+/*
+ * Reads and verifies an account: 0 found, 1 no such id, 2 the row does
+ * not verify (logged as tampering), -1 database error.
+ */
+int staff_get(struct store *st, const uint8_t pk[CODES_PK_LEN],
+    const char *id, struct staff *out);
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * The custody ledger's seal: each event is a JSON object that carries its
+ * gap-free "seq", the BLAKE2b-256 hash of the previous event ("prev", hex)
+ * and an Ed25519 signature by the device key ("sig", base64url without
+ * padding). Shared by lockerd (sealing, --verify-ledger) and by whatever
+ * verifies on the platform side: it needs only jansson and libsodium.
+ *
+ * Canonical bytes of an event: json_dumps of the object without "sig",
+ * with JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII. "prev" is the
+ * BLAKE2b-256 (unkeyed, 32 bytes) of the previous event's canonical bytes;
+ * the first event's "prev" is 64 zeros. "sig" signs the canonical bytes.
+ */
+#ifndef LOCKERD_LEDGER_H
+#define LOCKERD_LEDGER_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LEDGER_HASH_LEN 32
+#define LEDGER_SK_LEN 64
+#define LEDGER_PK_LEN 32
+
+/*
+ * Sets "prev" (from prev, 32 bytes) and "sig" in ev (an object that holds
+ * "seq"), replacing any there, and writes the event's own digest (the
+ * next event's prev) into digest. Returns 0, or -1 if out of memory.
+ */
+int ledger_seal(json_t *ev, const uint8_t sk[LEDGER_SK_LEN],
+    const uint8_t prev[LEDGER_HASH_LEN], uint8_t digest[LEDGER_HASH_LEN]);
+
+/* The digest of an event as sealed (canonical bytes without "sig"). */
+int ledger_digest(json_t *ev, uint8_t digest[LEDGER_HASH_LEN]);
+
+/* Walking a chain: start with ledger_verify_init, feed events in order. */
+struct ledger_verify {
+	const uint8_t *pk;                 /* device public key */
+	uint8_t prev[LEDGER_HASH_LEN];     /* expected "prev" of the next */
+	int64_t next_seq;                  /* expected "seq" of the next */
+	int64_t count;                     /* events verified so far */
+	char error[160];                   /* why the last one failed */
+};
+
+/* first_seq: where the walk starts (1 for the whole ledger). */
+void ledger_verify_init(struct ledger_verify *v,
+    const uint8_t pk[LEDGER_PK_LEN], int64_t first_seq,
+    const uint8_t prev[LEDGER_HASH_LEN]);
+/*
+ * Checks one event, the JSON text as stored or published: parses, checks
+ * "seq" is the next, "prev" links to the one before, and "sig" verifies.
+ * Returns 0, or -1 with the reason in v->error ("seq 12: prev does not
+ * match seq 11", "seq 12: bad signature", ...); after a failure the walk
+ * stops being meaningful.
+ */
+int ledger_verify_next(struct ledger_verify *v, const char *text, size_t len);
+
+#endif
