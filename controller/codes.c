@@ -61,6 +61,31 @@ codes_keys_free(struct codes_keys *k)
 		sodium_free(k);
 }
 
+/* The new file's name must survive a power cut too: fsync its folder. */
+static int
+dir_sync(const char *path, char *err, size_t errlen)
+{
+	char dir[4096];
+	const char *slash = strrchr(path, '/');
+	int fd, rc;
+
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == path)
+		snprintf(dir, sizeof(dir), "/");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
+		snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+		return -1;
+	}
+	rc = fsync(fd);
+	if (rc == -1)
+		snprintf(err, errlen, "%s: fsync: %s", dir, strerror(errno));
+	close(fd);
+	return rc;
+}
+
 static int
 keys_write(const char *path, const struct codes_keys *k, char *err,
     size_t errlen)
@@ -91,7 +116,12 @@ keys_write(const char *path, const struct codes_keys *k, char *err,
 		unlink(path);
 		goto out;
 	}
-	rc = close(fd);
+	if (close(fd) == -1) {
+		snprintf(err, errlen, "%s: closing: %s", path, strerror(errno));
+		unlink(path);
+		goto out;
+	}
+	rc = dir_sync(path, err, errlen);
 out:
 	sodium_memzero(buf, sizeof(buf));
 	return rc;

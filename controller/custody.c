@@ -108,7 +108,7 @@ custody_resv_json(const struct resv *r, const struct bank *b)
 	json_t *o;
 
 	o = json_pack("{s:I, s:s, s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:b, "
-	    "s:b, s:i}",
+	    "s:b, s:i, s:I}",
 	    "id", (json_int_t)r->id,
 	    "kind", r->kind == RESV_DROPOFF ? "dropoff" : "pickup",
 	    "state", resv_state_name(r->state),
@@ -118,7 +118,7 @@ custody_resv_json(const struct resv *r, const struct bank *b)
 	    "consumed_at", (json_int_t)r->consumed_at,
 	    "created_at", (json_int_t)r->created_at,
 	    "cancelled", r->cancelled, "door_seen_open", r->door_seen_open,
-	    "issued", r->issued);
+	    "issued", r->issued, "last_seq", (json_int_t)r->last_seq);
 	if (o == NULL)
 		return NULL;
 	if ((r->has_code && hex_set(o, "code_hash", r->code_hash) == -1) ||
@@ -149,19 +149,20 @@ custody_resv_parse(json_t *o, const struct bank *b, struct resv *r,
     char *why, size_t whylen)
 {
 	const char *kind, *state, *app, *staff, *ch = NULL, *ph = NULL;
-	json_int_t id, valid, consumed, created;
+	json_int_t id, valid, consumed, created, last_seq;
 	int cell, cancelled, seen, issued;
 	json_error_t jerr;
 
 	memset(r, 0, sizeof(*r));
 	if (json_unpack_ex(o, &jerr, JSON_STRICT,
 	    "{s:I, s:s, s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:b, s:b, s:i, "
-	    "s?s, s?s}",
+	    "s:I, s?s, s?s}",
 	    "id", &id, "kind", &kind, "state", &state, "cell", &cell,
 	    "app", &app, "staff", &staff, "valid_until", &valid,
 	    "consumed_at", &consumed, "created_at", &created,
 	    "cancelled", &cancelled, "door_seen_open", &seen,
-	    "issued", &issued, "code_hash", &ch, "phone_hash", &ph) == -1) {
+	    "issued", &issued, "last_seq", &last_seq, "code_hash", &ch,
+	    "phone_hash", &ph) == -1) {
 		snprintf(why, whylen, "%s", jerr.text);
 		return -1;
 	}
@@ -191,5 +192,6 @@ custody_resv_parse(json_t *o, const struct bank *b, struct resv *r,
 	r->cancelled = cancelled;
 	r->door_seen_open = seen;
 	r->issued = issued;
+	r->last_seq = last_seq;
 	return 0;
 }

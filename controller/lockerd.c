@@ -221,18 +221,37 @@ save_resv(struct lockerd *d, const struct resv *r)
 	return rc;
 }
 
-static int
-append_resv_event(struct lockerd *d, struct lockerd_step *s,
-    const struct resv_action *a)
+/*
+ * The reservation's newest event is seq: its rows saved from now on say
+ * so, and a row put back from before does not match the ledger.
+ */
+static void
+mark_last_seq(struct lockerd *d, struct lockerd_step *s, int from,
+    int64_t id, int64_t seq)
 {
+	int i, slot = resv_slot_of_id(&d->resv, id);
+
+	for (i = from; i < s->resv.n; i++)
+		if (s->resv.a[i].r.id == id)
+			s->resv.a[i].r.last_seq = seq;
+	if (slot != -1)
+		d->resv.r[slot].last_seq = seq;
+}
+
+static int
+append_resv_event(struct lockerd *d, struct lockerd_step *s, int idx)
+{
+	const struct resv_action *a = &s->resv.a[idx];
 	struct body_arg ba = { d, NULL, a, resv_event_name(a->ev),
 	    util_wall_ms(), NULL };
 	int64_t seq;
 	int i;
 
 	if (store_event_append(d->store, ba.wall, ba.type,
-	    d->cells[a->r.cell].number, event_body, &ba, &seq) == -1)
+	    d->cells[a->r.cell].number, event_body, &ba, &seq) == -1 ||
+	    store_event_resv(d->store, seq, a->r.id) == -1)
 		return -1;
+	mark_last_seq(d, s, idx + 1, a->r.id, seq);
 	if ((a->ev != RESV_EV_CODE_ISSUED && a->ev != RESV_EV_REISSUED) ||
 	    s->handed_over)
 		return 0;
@@ -389,7 +408,7 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 				    &s->resv.a[k - ORDER_RESV];
 
 				rc = a->type == RESV_ACT_EVENT ?
-				    append_resv_event(d, s, a) :
+				    append_resv_event(d, s, k - ORDER_RESV) :
 				    save_resv(d, &a->r);
 			} else if (s->bank.a[k].type == BANK_ACT_EVENT)
 				rc = append_event(d, &s->bank.a[k],
@@ -738,7 +757,7 @@ ledger_start(struct lockerd *d)
 struct load_arg {
 	struct lockerd *d;
 	char rejected[8][24];
-	char why[8][64];
+	char why[8][96];
 	int nrejected;
 	int loaded;
 };
@@ -749,7 +768,8 @@ resv_row(const char *key, const char *body, const void *sig, size_t siglen,
 {
 	struct load_arg *la = arg;
 	struct lockerd *d = la->d;
-	char why[64] = "";
+	char why[96] = "";
+	int64_t last;
 	struct resv r;
 	json_t *o;
 
@@ -758,7 +778,12 @@ resv_row(const char *key, const char *body, const void *sig, size_t siglen,
 	if (o != NULL && custody_resv_parse(o, &d->bank, &r, why,
 	    sizeof(why)) == 0 && strcmp(key, "") != 0 &&
 	    r.id == strtoll(key, NULL, 10)) {
-		if (resv_restore(&d->resv, &r) == 0)
+		/* Signed, but is it the newest? The ledger says. */
+		if ((last = store_resv_last_event(d->store, r.id)) != r.last_seq)
+			snprintf(why, sizeof(why), "older than its ledger "
+			    "(row at seq %lld, newest event seq %lld)",
+			    (long long)r.last_seq, (long long)last);
+		else if (resv_restore(&d->resv, &r) == 0)
 			la->loaded++;
 		else
 			snprintf(why, sizeof(why), "its cell is taken or it "
@@ -771,7 +796,7 @@ resv_row(const char *key, const char *body, const void *sig, size_t siglen,
 		    key, why);
 		if (la->nrejected < 8) {
 			snprintf(la->rejected[la->nrejected], 24, "%s", key);
-			snprintf(la->why[la->nrejected], 64, "%s", why);
+			snprintf(la->why[la->nrejected], 96, "%s", why);
 			la->nrejected++;
 		}
 	}

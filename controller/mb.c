@@ -388,6 +388,29 @@ write_flash(struct worker *w, struct wboard *b, int channel)
 	return 0;
 }
 
+/*
+ * The coil goes off at due. A coil already waiting (a second unlock of the
+ * same cell within one pulse) keeps one entry, moved to the later time:
+ * the first pulse's off must not cut the second pulse short.
+ */
+static void
+schedule_off(struct worker *w, int wb, int coil, int64_t due)
+{
+	int i;
+
+	for (i = 0; i < w->noffs; i++)
+		if (w->offs[i].wb == wb && w->offs[i].coil == coil) {
+			w->offs[i].due = due;
+			return;
+		}
+	if (w->noffs < MB_OFFS_MAX) {
+		w->offs[w->noffs].wb = wb;
+		w->offs[w->noffs].coil = coil;
+		w->offs[w->noffs].due = due;
+		w->noffs++;
+	}
+}
+
 static void
 do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 {
@@ -416,13 +439,9 @@ do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 		rc = modbus_write_bit(w->ctx, board_coil_addr(p, cmd->channel),
 		    1);
 		request_done(w);
-		if (rc != -1 && w->noffs < MB_OFFS_MAX) {
-			w->offs[w->noffs].wb = (int)(b - w->boards);
-			w->offs[w->noffs].coil = board_coil_addr(p,
-			    cmd->channel);
-			w->offs[w->noffs].due = now + p->pulse_ms;
-			w->noffs++;
-		}
+		if (rc != -1)
+			schedule_off(w, (int)(b - w->boards),
+			    board_coil_addr(p, cmd->channel), now + p->pulse_ms);
 	}
 	if (rc == -1) {
 		int e = errno;

@@ -50,6 +50,7 @@ struct resv {
 	int cancelled;                 /* cancelled with an item inside */
 	int door_seen_open;
 	int issued;                    /* codes issued so far (re-issues) */
+	int64_t last_seq;              /* its newest ledger event (records) */
 };
 
 enum resv_act_type {

@@ -21,7 +21,7 @@ enum {
 	ST_EVENT_APPEND, ST_EVENT_LAST, ST_EVENTS_AFTER,
 	ST_SECRET_SET, ST_SECRETS, ST_BODY_SET,
 	ST_RESV_SAVE, ST_RESV_ACTIVE, ST_RESV_MAX,
-	ST_STAFF_PUT, ST_STAFF_GET,
+	ST_STAFF_PUT, ST_STAFF_GET, ST_EVENT_RESV, ST_RESV_LAST,
 	ST_COUNT
 };
 
@@ -64,6 +64,9 @@ static const char *const sql_text[ST_COUNT] = {
 	    "INSERT INTO staff (id, body, sig) VALUES (?1, ?2, ?3) "
 	    "ON CONFLICT (id) DO UPDATE SET body = ?2, sig = ?3",
 	[ST_STAFF_GET] = "SELECT body, sig FROM staff WHERE id = ?1",
+	[ST_EVENT_RESV] = "UPDATE events SET resv = ?2 WHERE seq = ?1",
+	[ST_RESV_LAST] =
+	    "SELECT coalesce(max(seq), 0) FROM events WHERE resv = ?1",
 };
 
 struct store {
@@ -580,4 +583,31 @@ store_scrub(struct store *s)
 	if (rc != SQLITE_OK)
 		log_warn("database: checkpoint after wiping codes: %s",
 		    sqlite3_errmsg(s->db));
+}
+
+int
+store_event_resv(struct store *s, int64_t seq, int64_t resv)
+{
+	sqlite3_stmt *st = s->st[ST_EVENT_RESV];
+
+	sqlite3_bind_int64(st, 1, seq);
+	sqlite3_bind_int64(st, 2, resv);
+	return step_done(s, ST_EVENT_RESV);
+}
+
+int64_t
+store_resv_last_event(struct store *s, int64_t resv)
+{
+	sqlite3_stmt *st = s->st[ST_RESV_LAST];
+	int64_t seq = -1;
+
+	sqlite3_bind_int64(st, 1, resv);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		seq = sqlite3_column_int64(st, 0);
+	else
+		log_error("database: reading the ledger of reservation %lld: %s",
+		    (long long)resv, sqlite3_errmsg(s->db));
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return seq;
 }

@@ -69,6 +69,10 @@ int store_event_secrets(struct store *s, store_event_fn fn, void *arg);
  * space secure_delete zeroes) and truncates it, so no old copy remains.
  */
 void store_scrub(struct store *s);
+/* Marks an event as being about a reservation. */
+int store_event_resv(struct store *s, int64_t seq, int64_t resv);
+/* The newest event about a reservation (0 if none), -1 on error. */
+int64_t store_resv_last_event(struct store *s, int64_t resv);
 /* Rewrites an event's body (sealing events written before signing). */
 int store_event_body(struct store *s, int64_t seq, const char *body);
 

@@ -800,3 +800,350 @@ def open_cell(lk, cell):
     assert r.get("ok") is True, f"open {cell} refused: {r}"
     assert r.get("cell") == cell, f"open {cell} reply names cell {r.get('cell')}: {r}"
     return r
+
+
+# ---------------------------------------------------------------------------
+# The keypad (kiosk socket, proto/kiosk.md) and custody helpers
+
+
+class KioskClient:
+    """The keypad side of <state_dir>/kiosk.sock.
+
+    Every request gets exactly one reply, in order, but lockerd also pushes
+    notice lines ({"notice": ...}) to every client at any time, interleaved
+    with the replies. request() sends one line and returns the next line
+    that carries "ok"; every notice read on the way (or by pump()) is kept,
+    in order, in self.notices."""
+
+    def __init__(self, path, timeout=5.0, connect=True):
+        self.path = path
+        self.timeout = timeout
+        self.sock = None
+        self.buf = b""
+        self.notices = []
+        self.replies = []
+        _register(self)
+        if connect:
+            self.connect()
+
+    def __repr__(self):
+        return f"<KioskClient {self.path}>"
+
+    def connect(self, timeout=5.0):
+        """Connects, retrying while the socket is not there yet."""
+        self.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.path)
+                break
+            except OSError as e:
+                s.close()
+                if time.monotonic() >= deadline:
+                    raise HarnessError(f"cannot connect to the keypad socket {self.path}: {e}")
+                time.sleep(0.05)
+        self.sock = s
+        self.buf = b""
+        return self
+
+    def reconnect(self):
+        """A new connection (after a lockerd restart); keeps the notices."""
+        return self.connect()
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.buf = b""
+
+    cleanup = close
+
+    def _line(self, deadline):
+        """The next parsed line, or None when the deadline passes."""
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            # Past the deadline: one look at what is already there.
+            self.sock.settimeout(left if left > 0 else 0.0)
+            try:
+                chunk = self.sock.recv(65536)
+            except (socket.timeout, BlockingIOError):
+                return None
+            if not chunk:
+                raise HarnessError(f"{self.path}: lockerd closed the keypad connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        try:
+            return json.loads(line.decode())
+        except ValueError:
+            raise HarnessError(f"{self.path}: line is not JSON: {line!r}")
+
+    def _keep(self, msg):
+        if "notice" in msg and "ok" not in msg:
+            self.notices.append(msg)
+            return False
+        return True
+
+    def request(self, obj, timeout=None):
+        """Sends a request (dict or text line); returns the reply (the next
+        line with "ok"), keeping notices that came before it."""
+        if self.sock is None:
+            self.connect()
+        line = obj if isinstance(obj, (str, bytes)) else json.dumps(obj)
+        if isinstance(line, str):
+            line = line.encode()
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        self.sock.sendall(line)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            msg = self._line(deadline)
+            if msg is None:
+                raise HarnessError(f"keypad: no reply to {line!r} within "
+                                   f"{timeout or self.timeout} s")
+            if self._keep(msg):
+                if "ok" not in msg:
+                    raise HarnessError(f"keypad: a line that is neither a reply nor a "
+                                       f"notice: {msg}")
+                self.replies.append(msg)
+                return msg
+
+    def pump(self, timeout=0.0):
+        """Reads whatever lines arrive within timeout (notices only: a reply
+        without a request is an error)."""
+        if self.sock is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._line(deadline)
+            if msg is None:
+                return
+            if self._keep(msg):
+                raise HarnessError(f"keypad: unsolicited reply {msg}")
+
+    def mark(self):
+        """The number of notices so far: pass it as since= to wait_notice."""
+        self.pump()
+        return len(self.notices)
+
+    def find_notices(self, kind=None, cell=None, since=0, contains=None):
+        out = []
+        for n in self.notices[since:]:
+            if kind is not None and n.get("notice") != kind:
+                continue
+            if cell is not None and n.get("cell") != cell:
+                continue
+            if contains is not None and contains not in str(n.get("show", "")):
+                continue
+            out.append(n)
+        return out
+
+    def wait_notice(self, kind, cell=None, timeout=5, since=0, contains=None):
+        """The first notice (index >= since) of that kind (and cell, and
+        with contains in its "show"), waiting up to timeout for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.find_notices(kind, cell, since, contains)
+            if found:
+                return found[0]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                desc = kind + (f" cell {cell}" if cell is not None else "") + \
+                    (f" containing {contains!r}" if contains else "")
+                raise HarnessError(f"keypad: no {desc} notice within {timeout} s; notices "
+                                   f"seen: {json.dumps(self.notices[since:][-10:])}")
+            self.pump(min(left, 0.2))
+
+    # Shorthands for the requests of proto/kiosk.md.
+    def code(self, code, phone=None):
+        req = {"op": "code", "code": code}
+        if phone is not None:
+            req["phone"] = phone
+        return self.request(req)
+
+    def scan(self, credential):
+        return self.request({"op": "scan", "credential": credential})
+
+    def login(self, staff, pin):
+        return self.request({"op": "login", "staff": staff, "pin": pin})
+
+    def logout(self):
+        return self.request({"op": "logout"})
+
+    def status(self):
+        return self.request({"op": "status"})
+
+
+def kiosk_path(lk):
+    """The keypad socket of a lockerd started from a harness config."""
+    sock = (lk.cfg or {}).get("kiosk", {}).get("socket")
+    return sock or os.path.join(lk.state_dir, "kiosk.sock")
+
+
+def kiosk(lk, timeout=5.0):
+    """A connected KioskClient to lk's keypad socket (closed at test end)."""
+    return KioskClient(kiosk_path(lk), timeout=timeout)
+
+
+def custody_extra(codes=None, kiosk=None):
+    """[codes] and [kiosk] sections for tests of the keypad: a throttle that
+    does not get in the way of a test that enters a wrong code or two,
+    unless the test asks for its own numbers."""
+    k = {"code_burst": 10, "code_refill_s": 1, "pin_burst": 10, "pin_refill_s": 1}
+    k.update(kiosk or {})
+    c = {}
+    c.update(codes or {})
+    out = {"kiosk": k}
+    if c:
+        out["codes"] = c
+    return out
+
+
+def add_staff(lk, staff_id, pin, name=None, role="staff", timeout=30):
+    """lockerd -c CONF --add-staff ID --name NAME --role ROLE with the PIN
+    on standard input (one line; stdin is not a tty). Works while lockerd
+    runs. Returns the CompletedProcess; fails unless it exits 0."""
+    d = tmpdir()
+    args = ["-c", lk.config_path, "--add-staff", staff_id, "--name", name or staff_id.title(),
+            "--role", role]
+    r = subprocess.run([binary("lockerd")] + args, input=pin + "\n", capture_output=True,
+                       text=True, env=daemon_env(), cwd=d, timeout=timeout, errors="replace")
+    log = os.path.join(d, "lockerd-cli.log")
+    with open(log, "a") as f:
+        f.write(f"===== lockerd {' '.join(args)} -> {r.returncode}\n{r.stdout}{r.stderr}")
+    if not any(label == "lockerd cli" for label, _ in _ctx.logs):
+        _register_log("lockerd cli", log)
+    for line in r.stderr.splitlines():
+        if any(m in line for m in SANITIZER_MARKERS):
+            raise HarnessError(f"sanitizer finding in lockerd --add-staff:\n{r.stderr}")
+    if r.returncode != 0:
+        raise HarnessError(f"lockerd --add-staff {staff_id} exited {r.returncode}:\n"
+                           f"{r.stdout}{r.stderr}")
+    return r
+
+
+def verify_ledger(lk):
+    """lockerd -c CONF --verify-ledger; returns the CompletedProcess."""
+    return run_lockerd(["-c", lk.config_path, "--verify-ledger"])
+
+
+def unlocked_cells(sim, after=0, pred=None):
+    """Cells (default map: board A unit 1 coil = cell - 1; board B unit 2
+    channel = cell - 16) whose relay locksim was told to energise in writes
+    with n > after, in order, as [(cell, write)]. FC05 on to a coil, a
+    waveshare flash write, or an FC15 with any bit set."""
+    out = []
+    for w in sim.writes(after):
+        if pred is not None and not pred(w):
+            continue
+        unit, fc, addr = w.get("unit"), w.get("fc"), w.get("addr")
+        if fc == 5 and unit == BOARD_A_UNIT and w.get("value") == WRITE_ON:
+            out.append((addr + 1, w))
+        elif fc == 5 and unit == BOARD_B_UNIT and addr is not None and addr >= FLASH_BASE \
+                and w.get("value"):
+            out.append((addr - FLASH_BASE + 17, w))
+        elif fc == 5 and unit == BOARD_B_UNIT and w.get("value") == WRITE_ON:
+            out.append((addr + 17, w))
+        elif fc == 15 and (any(w.get("values") or []) or
+                           (w.get("values") is None and w.get("value") not in (0, None))):
+            out.append((None, w))
+    return out
+
+
+def unlock_write_pred(cell):
+    """A predicate for the write that releases the lock of a default-map cell."""
+    if cell <= 16:
+        return is_write(BOARD_A_UNIT, cell - 1, WRITE_ON)
+
+    def pred(w):
+        return (w.get("unit") == BOARD_B_UNIT and w.get("fc") == 5 and
+                w.get("addr") == FLASH_BASE + cell - 17 and bool(w.get("value")))
+    return pred
+
+
+def unit_ch(cell):
+    """(unit, channel) of a default-map cell, for sim.cmd("close U CH")."""
+    return (BOARD_A_UNIT, cell) if cell <= 16 else (BOARD_B_UNIT, cell - 16)
+
+
+def start_custody(codes=None, kiosk_keys=None, extra=None, **kw):
+    """locksim + lockerd (start_pair) with the [codes] / [kiosk] sections
+    of custody_extra(codes, kiosk_keys) merged with extra, plus a keypad
+    client. Returns (sim, lockerd, KioskClient)."""
+    ex = custody_extra(codes, kiosk_keys)
+    for sec, keys in (extra or {}).items():
+        ex.setdefault(sec, {}).update(keys)
+    sim, lk = start_pair(extra=ex, **kw)
+    return sim, lk, kiosk(lk)
+
+
+def reserve(lk, app, size="S", **kw):
+    """A drop-off reservation over the control socket; asserts the
+    documented reply and returns it."""
+    req = {"op": "reserve", "app": app, "size": size}
+    req.update(kw)
+    r = lk.ctl(req)
+    assert r.get("ok") is True, f"reserve {req} -> {r}"
+    assert isinstance(r.get("resv"), int) and isinstance(r.get("cell"), int), r
+    assert r.get("state") == "reserved", r
+    digits = int(((lk.cfg or {}).get("codes") or {}).get("digits", 10))
+    code = r.get("code")
+    assert isinstance(code, str) and len(code) == digits and code.isdigit(), \
+        f"reserve reply has no {digits}-digit code: {r}"
+    assert isinstance(r.get("credential"), str) and len(r["credential"]) > 40, r
+    return r
+
+
+def wait_pulse_end(sim, cell, timeout=3):
+    """Waits until the last relay pulse of a default-map cell is over: the
+    coil-off write on board A, or the flash time (500 ms) on board B. A
+    person needs longer than a pulse to close a door; a test that closes
+    it at once would let the next unlock of that cell land inside the old
+    pulse (which then ends it early, and the lock does not release)."""
+    ons = [w for c, w in unlocked_cells(sim) if c == cell]
+    if not ons:
+        return
+    last = ons[-1]
+    if cell <= 16:
+        sim.wait_write(is_write(BOARD_A_UNIT, cell - 1, WRITE_OFF), after=last["n"],
+                       timeout=timeout, what=f"end of the pulse of cell {cell}")
+    else:
+        left = last["t"] + 0.55 - time.monotonic()
+        if 0 < left < timeout:
+            time.sleep(left)
+
+
+def close_door(sim, cell, wait_pulse=True):
+    """The person closes the door of a default-map cell (after the relay
+    pulse that opened it is over, unless wait_pulse=False)."""
+    if wait_pulse:
+        wait_pulse_end(sim, cell)
+    unit, ch = unit_ch(cell)
+    return sim.cmd(f"close {unit} {ch}")
+
+
+def assert_no_unlock(sim, after, settle=0.5, what="a refused attempt"):
+    """No relay was energised in writes n > after (waits settle s first)."""
+    if settle:
+        time.sleep(settle)
+    u = unlocked_cells(sim, after)
+    assert not u, f"{what} still drove a relay: {[w for _, w in u]}"
+
+
+def assert_refused(sim, lk, kc, req, error, settle=0.5):
+    """Sends a keypad request that must be refused with `error`: checks
+    the reply (ok false, that error, a screen text), that no relay was
+    driven within settle s, and that the ledger has no unlock for it.
+    Returns the reply."""
+    seq0, n0 = lk.last_seq(), sim.last_write_n()
+    rep = kc.request(req)
+    assert rep.get("ok") is False and rep.get("error") == error, \
+        f"{req} -> {rep}; expected error {error!r}"
+    assert isinstance(rep.get("show"), str) and rep["show"], f"refusal without show: {rep}"
+    assert_no_unlock(sim, n0, settle, what=f"{req} (refused: {error})")
+    unlocks = lk.find_events("unlock", after=seq0)
+    assert not unlocks, f"{req} was refused but the ledger has unlocks: {unlocks}"
+    return rep

@@ -186,3 +186,28 @@ def test_relays_off_at_startup():
     assert not on, f"relays still energised after start-up: {on}"
     lk.stop()
     sim.stop()
+
+
+def test_second_unlock_within_a_pulse_gets_a_whole_pulse():
+    """A door closed and opened again while the first pulse is still on:
+    the first pulse's off-write must not cut the second pulse short."""
+    sim, lk = start_pair()
+    unit, coil = harness.coil_of_cell(4)
+    n0 = sim.last_write_n()
+    open_cell(lk, 4)
+    on1 = sim.wait_write(is_write(unit, coil, WRITE_ON), after=n0, what="first pulse on")
+    lk.wait_event("door_opened", cell=4, timeout=3)
+    sim.cmd(f"close {unit} 4")
+    seq = lk.last_seq()
+    # Closed and debounced well inside the 500 ms pulse; open it again.
+    lk.wait_event("door_closed", cell=4, after=seq - 1, timeout=3)
+    n1 = sim.last_write_n()
+    open_cell(lk, 4)
+    on2 = sim.wait_write(is_write(unit, coil, WRITE_ON), after=n1, what="second pulse on")
+    off = sim.wait_write(is_write(unit, coil, WRITE_OFF), after=on1["n"], timeout=3,
+                         what="the coil off")
+    held = off["t"] - on2["t"]
+    print(f"second pulse held {held * 1000:.0f} ms (first began "
+          f"{(on2['t'] - on1['t']) * 1000:.0f} ms earlier)")
+    assert on2["t"] - on1["t"] < 0.5, "the test did not overlap the pulses"
+    assert held >= 0.45, f"the second pulse was cut to {held * 1000:.0f} ms"
