@@ -188,3 +188,27 @@ def test_staff_login():
     assert [c for c, _ in unlocked_cells(sim, n0)] == [7], unlocked_cells(sim, n0)
     lk.stop()
     sim.stop()
+
+
+def test_staff_session_times_out():
+    """A staff session ends after staff_session_s without a keypad action
+    (30 s, the shortest allowed): the screen is told, the ledger says why,
+    and staff actions need a new log-in. An action keeps it alive."""
+    sim, lk, kc = start_custody(kiosk_keys={"staff_session_s": 30})
+    add_staff(lk, "alice", PIN, name="Alice A")
+    assert kc.login("alice", PIN).get("ok") is True
+    mark = kc.mark()
+    seq0 = lk.last_seq()
+    # An action at 20 s moves the end to 50 s.
+    time.sleep(20)
+    rep = kc.request({"op": "service", "cell": 9, "in": True})
+    assert rep.get("ok") is True, rep
+    time.sleep(15)
+    assert kc.status().get("staff") == "alice", "the session ended although it was used"
+    note = kc.wait_notice("session_ended", timeout=25, since=mark)
+    assert "ended" in note.get("show", ""), note
+    ev = lk.wait_event("staff_logout", after=seq0)
+    assert ev.get("staff") == "alice" and ev.get("why") == "timeout", ev
+    n0 = sim.last_write_n()
+    assert_refused(sim, lk, kc, {"op": "open", "cell": 9}, "not_logged_in", settle=0.05)
+    assert sim.last_write_n() == n0
