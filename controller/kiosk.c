@@ -36,6 +36,12 @@ refuse_bad(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(show, sizeof(show), fmt, ap);
 	va_end(ap);
+	/* It may quote the client's bytes, cut anywhere ('%.40s'): keep it
+	 * printable ASCII, or json_pack() refuses a broken UTF-8 sequence
+	 * and the keypad gets no "show" (a fuzz_kiosk regression). */
+	for (char *p = show; *p != '\0'; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+			*p = '?';
 	return refuse("bad_request", show, 0);
 }
 
@@ -108,15 +114,24 @@ refusal_reply(enum resv_refusal r)
 static json_t *
 opened(struct lockerd *d, struct lockerd_step *s, int slot)
 {
-	const struct resv *r = &d->resv.r[slot];
+	int64_t id = d->resv.r[slot].id;
+	int pickup = d->resv.r[slot].kind == RESV_PICKUP;
 	char show[SHOW_MAX];
-	int cell = d->cells[r->cell].number;
-	int pickup = r->kind == RESV_PICKUP;
+	int cell;
 
 	if (lockerd_run(d, s) == -1)
 		return refuse("unrecorded", "Sorry, the locker cannot record "
 		    "this now; no door was opened. Please try again later.",
 		    0);
+	/* The unlock may have failed at once (a board that refuses): then
+	 * the code was restored, or another cell is opening instead. */
+	if ((slot = resv_slot_of_id(&d->resv, id)) == -1 ||
+	    d->resv.r[slot].state != RESV_OPENING ||
+	    !d->cells[d->resv.r[slot].cell].unlocking)
+		return refuse("cell_unavailable", "The cell could not be "
+		    "opened. Your code still works; please ask the hall "
+		    "staff.", 0);
+	cell = d->cells[d->resv.r[slot].cell].number;
 	snprintf(show, sizeof(show), pickup ? "Cell %d is open. Take your "
 	    "certificate and close the door." : "Cell %d is open. Put your "
 	    "documents in and close the door.", cell);
@@ -389,9 +404,11 @@ staff_cell(struct lockerd *d, const char *op, json_t *req)
 	char show[SHOW_MAX];
 	int cell;
 
-	if (!json_is_integer(cv) || (cell = bank_cell_index(&d->bank,
-	    (int)json_integer_value(cv))) == -1 ||
-	    json_integer_value(cv) > 999)
+	/* The range first: cast to int, 7 - 2^32 would be cell 7. */
+	if (!json_is_integer(cv) || json_integer_value(cv) < 1 ||
+	    json_integer_value(cv) > CONFIG_CELL_NUMBER_MAX ||
+	    (cell = bank_cell_index(&d->bank, (int)json_integer_value(cv))) ==
+	    -1)
 		return refuse_bad("Field 'cell' must be a cell number of this "
 		    "locker.");
 	if (strcmp(op, "service") == 0 &&

@@ -838,7 +838,7 @@ load_resv(struct lockerd *d)
 }
 
 int
-lockerd_start(struct lockerd *d)
+lockerd_start_offline(struct lockerd *d)
 {
 	struct bank_timing t;
 	char err[512];
@@ -870,7 +870,13 @@ lockerd_start(struct lockerd *d)
 	    (int64_t)d->cfg.kiosk.code_refill_s * 1000, util_mono_ms());
 	throttle_init(&d->pin_thr, d->cfg.kiosk.pin_burst,
 	    (int64_t)d->cfg.kiosk.pin_refill_s * 1000, util_mono_ms());
-	if (load_resv(d) == -1)
+	return load_resv(d);
+}
+
+int
+lockerd_start(struct lockerd *d)
+{
+	if (lockerd_start_offline(d) == -1)
 		return -1;
 	if ((d->mb = mb_start(&d->cfg)) == NULL)
 		return -1;

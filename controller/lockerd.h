@@ -64,6 +64,12 @@ struct lockerd {
 
 /* Start-up: database, cells, boards, first read, reconciliation. */
 int lockerd_start(struct lockerd *d);
+/*
+ * Its first half, without boards or sockets (d->mb and the sockets stay
+ * NULL): database, keys, cells as stored, the ledger's head, the bank
+ * (not yet started), throttles and reservations. Fuzz targets use it.
+ */
+int lockerd_start_offline(struct lockerd *d);
 void lockerd_stop(struct lockerd *d);
 /*
  * Records the EVENT and SAVE actions in one transaction, then carries out

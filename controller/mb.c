@@ -744,10 +744,14 @@ mb_drain(struct mb *m, struct mb_report *out, int max)
 int
 mb_unlock(struct mb *m, int board, int channel, int cell)
 {
-	struct worker *w = &m->workers[m->board_worker[board]];
+	struct worker *w;
 	uint64_t one = 1;
 	int rc = 0;
 
+	/* No boards (lockerd_start_offline): as if the queue were full. */
+	if (m == NULL)
+		return -1;
+	w = &m->workers[m->board_worker[board]];
 	pthread_mutex_lock(&w->lock);
 	if (w->cmd_head - w->cmd_tail == MB_CMD_RING)
 		rc = -1;

@@ -40,7 +40,10 @@ void mb_stop(struct mb *m);
 int mb_fd(const struct mb *m);
 /* Pops up to max reports; returns how many. */
 int mb_drain(struct mb *m, struct mb_report *out, int max);
-/* Queues an unlock of (board, channel); cell comes back in the report. */
+/*
+ * Queues an unlock of (board, channel); cell comes back in the report.
+ * -1 if the board's queue is full, or m is NULL (started without boards).
+ */
 int mb_unlock(struct mb *m, int board, int channel, int cell);
 /* New poll period and backoff (SIGHUP). */
 void mb_set_timing(struct mb *m, const struct config_timing *t);

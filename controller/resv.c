@@ -415,6 +415,7 @@ consume(struct resv_table *t, int slot, int64_t now,
 		r->state = RESV_OPENING;
 		r->consumed_at = now;
 		r->door_seen_open = 0;
+		r->reassigned = 0;
 	}
 	event(t, out, RESV_EV_CODE_USED, slot);
 	save(t, out, slot);
@@ -600,13 +601,16 @@ resv_unlock_failed(struct resv_table *t, int cell, int64_t now,
 		return;
 	switch (r->state) {
 	case RESV_OPENING:
-		if (r->kind == RESV_DROPOFF &&
+		/* The applicant is at the locker: offer another cell, once.
+		 * When that fails too (a board refusing writes, its queue
+		 * full), going back to the first would bounce for ever. */
+		if (r->kind == RESV_DROPOFF && !r->reassigned &&
 		    (other = allocate(t, t->bank->cells[cell].size, cell)) !=
 		    -1) {
-			/* The applicant is at the locker: offer another cell. */
 			t->cell_slot[r->cell] = -1;
 			t->cell_slot[other] = slot;
 			r->cell = other;
+			r->reassigned = 1;
 			event(t, out, RESV_EV_REASSIGNED, slot);
 			out->a[out->n - 1].from_cell = cell;
 			save(t, out, slot);

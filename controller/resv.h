@@ -49,6 +49,7 @@ struct resv {
 	int64_t created_at;
 	int cancelled;                 /* cancelled with an item inside */
 	int door_seen_open;
+	int reassigned;                /* this opening moved cells (not stored) */
 	int issued;                    /* codes issued so far (re-issues) */
 	int64_t last_seq;              /* its newest ledger event (records) */
 };

@@ -18,12 +18,13 @@ FUZZ_DIR           := tests/fuzz
 
 # Target name and its -max_len.
 FUZZ_TARGETS := fuzz_config:8192 fuzz_profile:2048 fuzz_board_reply:301 \
-	fuzz_ctl_json:4096 fuzz_credential:400
+	fuzz_ctl_json:4096 fuzz_credential:400 fuzz_kiosk:4096
 FUZZ_NAMES   := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
 FUZZ_BINS    := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
 
 FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=all
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' \
+	-g -O1 -fno-omit-frame-pointer \
 	$(FUZZ_SAN) -fsanitize=fuzzer-no-link $(filter-out -Werror,$(WARN)) \
 	-MMD -MP -Iproto -Icontroller $(PKG_CFLAGS)
 FUZZ_LIBS   := $(PKG_LIBS) -lpthread -lm
@@ -83,4 +84,15 @@ $(FUZZ_BUILD)/fuzz_ctl_json: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_ctl_json.c \
 
 $(FUZZ_BUILD)/fuzz_credential: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_credential.c \
 		controller/codes.c)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
+
+# The keypad socket on a whole locker without boards: every controller
+# file but main.c.
+$(FUZZ_BUILD)/fuzz_kiosk: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_kiosk.c \
+		controller/kiosk.c controller/lockerd.c controller/ctl.c \
+		controller/resv.c controller/bank.c controller/codes.c \
+		controller/custody.c controller/staff.c controller/store.c \
+		controller/throttle.c controller/jsonl.c controller/log.c \
+		controller/util.c controller/config.c controller/mb.c \
+		proto/ledger.c) $(FUZZ_PROTO_OBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)

@@ -815,6 +815,38 @@ test_unlock_failed_reassigns_larger(void **state)
 	    "Cell 2 did not open. Cell 3 is open for you instead.");
 }
 
+/*
+ * One other cell per use of the code: when it fails too (the board takes
+ * no writes, its queue is full), the code is restored, not bounced back
+ * to the first cell for ever (found by fuzz_kiosk).
+ */
+static void
+test_unlock_failed_twice(void **state)
+{
+	struct fixture *f = *state;
+	int slot;
+
+	slot = dropoff(f, 'S', 1, LATER, 0);
+	assert_int_equal(enter(f, 1, 1000), RESV_OK);
+	render(f);
+	failed(f, 1, 2000);
+	assert_string_equal(render(f),
+	    "reassigned:2<1 save:2=opening unlock:2/dropoff notice:2");
+	failed(f, 2, 3000);
+	assert_string_equal(render(f),
+	    "code_restored:2 save:2=reserved notice:2");
+	assert_string_equal(f->note, "Cell 2 did not open. Your code still "
+	    "works; please ask the hall staff.");
+	assert_int_equal(state_of(f, slot), RESV_RESERVED);
+	/* The next use of the code may move once more. */
+	assert_int_equal(enter(f, 1, 4000), RESV_OK);
+	assert_string_equal(render(f),
+	    "code_used:2 save:2=opening unlock:2/dropoff");
+	failed(f, 2, 5000);
+	assert_string_equal(render(f),
+	    "reassigned:1<2 save:1=opening unlock:1/dropoff notice:1");
+}
+
 static void
 test_unlock_failed_no_other_cell(void **state)
 {
@@ -1597,6 +1629,7 @@ main(void)
 		T(test_grace_tick_restores_pickup),
 		T(test_unlock_failed_reassigns),
 		T(test_unlock_failed_reassigns_larger),
+		T(test_unlock_failed_twice),
 		T(test_unlock_failed_no_other_cell),
 		T(test_unlock_failed_pickup),
 		T(test_unlock_failed_loading),
