@@ -22,7 +22,7 @@ PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih
 DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
 	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
 	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
-	python3 valgrind
+	python3 python3-paho-mqtt python3-jsonschema valgrind
 
 WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	-Wshadow -Wformat=2
@@ -47,7 +47,8 @@ CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
 	controller/lockerd.c controller/jsonl.c \
 	controller/store.c controller/mb.c controller/ctl.c controller/util.c \
 	controller/resv.c controller/codes.c controller/throttle.c \
-	controller/kiosk.c controller/staff.c controller/custody.c
+	controller/kiosk.c controller/staff.c controller/custody.c \
+	controller/platform.c controller/link.c
 GEN_SRC   := $(BUILD)/gen/embedded.c
 
 BOARD_FILES  := $(sort $(wildcard proto/boards/*.ini))

@@ -164,6 +164,18 @@ static const struct int_key kiosk_keys[] = {
 	KK(pin_refill_s, 1, 300),
 };
 
+#define MK(n, lo, hi) { #n, offsetof(struct config_mqtt, n), lo, hi }
+static const struct int_key mqtt_keys[] = {
+	MK(port, 1, 65535),
+	MK(keepalive_s, 5, 3600),
+	MK(inflight, 1, 100),
+	MK(reconnect_min_ms, 50, 60000),
+	MK(reconnect_max_ms, 50, 600000),
+};
+
+static int
+handle_mqtt(struct parse *p, const char *name, const char *value);
+
 static int
 set_int_key(struct parse *p, const struct int_key *keys, size_t nkeys,
     void *base, const char *section, const char *name, const char *value)
@@ -222,6 +234,44 @@ handle_locker(struct parse *p, const char *name, const char *value)
 		return set_path(p, c->key_file, sizeof(c->key_file), name,
 		    value);
 	return fail(p, "unknown key '%.40s' in [locker]", name);
+}
+
+static int
+handle_mqtt(struct parse *p, const char *name, const char *value)
+{
+	struct config_mqtt *m = &p->c->mqtt;
+	static const struct {
+		const char *name;
+		size_t off, len;
+	} strs[] = {
+#define MS(n) { #n, offsetof(struct config_mqtt, n), \
+	sizeof(((struct config_mqtt *)0)->n) }
+		MS(host), MS(username), MS(password), MS(cafile),
+		MS(certfile), MS(keyfile),
+#undef MS
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+		if (strcmp(name, strs[i].name) == 0)
+			return set_path(p, (char *)m + strs[i].off, strs[i].len,
+			    name, value);
+	if (strcmp(name, "client_id") == 0) {
+		if (*value != '\0' && !valid_name(value, sizeof(m->client_id)))
+			return fail(p, "client_id must be 1-64 of A-Z a-z 0-9 "
+			    "_ -, not '%.40s'", value);
+		memcpy(m->client_id, value, strlen(value) + 1);
+		return 1;
+	}
+	if (strcmp(name, "prefix") == 0) {
+		if (!valid_name(value, sizeof(m->prefix)))
+			return fail(p, "prefix must be 1-63 of A-Z a-z 0-9 _ -, "
+			    "not '%.40s'", value);
+		memcpy(m->prefix, value, strlen(value) + 1);
+		return 1;
+	}
+	return set_int_key(p, mqtt_keys, sizeof(mqtt_keys) /
+	    sizeof(mqtt_keys[0]), m, "mqtt", name, value);
 }
 
 static int
@@ -483,6 +533,8 @@ config_handler(void *user, const char *section, const char *name,
 		return set_int_key(p, timing_keys,
 		    sizeof(timing_keys) / sizeof(timing_keys[0]),
 		    &p->c->timing, section, name, value);
+	if (strcmp(section, "mqtt") == 0)
+		return handle_mqtt(p, name, value);
 	if (strcmp(section, "codes") == 0)
 		return set_int_key(p, codes_keys,
 		    sizeof(codes_keys) / sizeof(codes_keys[0]),
@@ -531,13 +583,20 @@ config_defaults(struct config *c)
 	c->kiosk.code_refill_s = 300;
 	c->kiosk.pin_burst = 3;
 	c->kiosk.pin_refill_s = 300;
+	c->mqtt.port = 1883;
+	util_strlcpy(c->mqtt.prefix, "lockers", sizeof(c->mqtt.prefix));
+	c->mqtt.keepalive_s = 30;
+	c->mqtt.inflight = 32;
+	c->mqtt.reconnect_min_ms = 500;
+	c->mqtt.reconnect_max_ms = 30000;
 }
 
 static int
 parse_text(struct parse *p, const char *origin, const char *text)
 {
 	static const char *const sections[] = {
-		"locker", "log", "control", "timing", "codes", "kiosk", "cells",
+		"locker", "log", "control", "timing", "codes", "kiosk", "mqtt",
+		"cells",
 		"bus ", "board ", NULL,
 	};
 	int rc;
@@ -699,6 +758,19 @@ config_resolve(struct config *c, const char *origin, char *const *ov,
 				return -1;
 			}
 	}
+	if (c->mqtt.reconnect_max_ms < c->mqtt.reconnect_min_ms) {
+		snprintf(err, errlen, "%s: [mqtt] reconnect_max_ms is less "
+		    "than reconnect_min_ms", origin);
+		return -1;
+	}
+	if ((c->mqtt.certfile[0] != '\0') != (c->mqtt.keyfile[0] != '\0')) {
+		snprintf(err, errlen, "%s: [mqtt] certfile and keyfile go "
+		    "together", origin);
+		return -1;
+	}
+	if (c->mqtt.client_id[0] == '\0')
+		memcpy(c->mqtt.client_id, c->locker_id,
+		    sizeof(c->mqtt.client_id));
 	if (c->timing.board_backoff_max_ms < c->timing.board_backoff_min_ms) {
 		snprintf(err, errlen, "%s: board_backoff_max_ms is less than "
 		    "board_backoff_min_ms", origin);

@@ -83,6 +83,23 @@ struct config_kiosk {
 	int pin_refill_s;
 };
 
+/* The platform link ([mqtt]); host "" = off. */
+struct config_mqtt {
+	char host[128];
+	int port;
+	char client_id[65];            /* "" = the locker id */
+	char prefix[64];               /* topic prefix, "lockers" */
+	char username[64];
+	char password[128];
+	char cafile[CONFIG_PATH_MAX];  /* set: TLS 1.2+ */
+	char certfile[CONFIG_PATH_MAX];
+	char keyfile[CONFIG_PATH_MAX];
+	int keepalive_s;
+	int inflight;                  /* events published, not yet acked */
+	int reconnect_min_ms;
+	int reconnect_max_ms;
+};
+
 struct config {
 	char locker_id[65];
 	char state_dir[CONFIG_PATH_MAX];
@@ -96,6 +113,7 @@ struct config {
 	struct config_timing timing;
 	struct config_codes codes;
 	struct config_kiosk kiosk;
+	struct config_mqtt mqtt;
 
 	struct config_bus buses[CONFIG_BUSES_MAX];
 	int nbuses;

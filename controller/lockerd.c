@@ -198,7 +198,10 @@ lockerd_record(struct lockerd *d, const char *type, json_t *extra)
 		tx_rollback(d);
 		return -1;
 	}
-	return tx_commit(d);
+	if (tx_commit(d) == -1)
+		return -1;
+	link_kick(d);
+	return 0;
 }
 
 static int
@@ -422,6 +425,7 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 		}
 		if (tx_commit(d) == -1)
 			goto fail;
+		link_kick(d);
 	}
 	for (i = 0; i < s->resv.n; i++) {
 		const struct resv_action *a = &s->resv.a[i];

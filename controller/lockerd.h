@@ -17,6 +17,21 @@
 #include "store.h"
 #include "throttle.h"
 
+struct platform;
+
+/* Events published and not yet acknowledged, in order. */
+struct lockerd_outbox {
+	int up;                         /* connected, birth sent */
+	int64_t next;                   /* next seq to publish */
+	int64_t replay_upto;            /* events up to here waited */
+	int scrub;                      /* a delivered code to wipe */
+	int n;
+	struct {
+		int mid;
+		int64_t seq;
+	} win[100];
+};
+
 /* A code made while running a step, for whoever asked (never logged). */
 struct lockerd_issued {
 	int64_t resv;
@@ -60,6 +75,8 @@ struct lockerd {
 	struct throttle code_thr, pin_thr;
 	struct staff session;           /* id "" when nobody is logged in */
 	int64_t session_until;          /* monotonic ms */
+	struct platform *link;          /* NULL: no [mqtt] host */
+	struct lockerd_outbox outbox;
 };
 
 /* Start-up: database, cells, boards, first read, reconciliation. */
@@ -94,6 +111,12 @@ void lockerd_mb_dispatch(struct lockerd *d);
 void lockerd_tick(struct lockerd *d);
 /* SIGHUP: re-reads the configuration and applies what is safe. */
 void lockerd_reload(struct lockerd *d);
+
+/* The platform link (link.c): start, stop, reports, and "new events". */
+int link_start(struct lockerd *d);
+void link_stop(struct lockerd *d);
+void link_dispatch(struct lockerd *d);
+void link_kick(struct lockerd *d);
 
 /* The operator control socket (ctl.c). */
 json_t *ctl_handle(void *arg, json_t *req);

@@ -20,13 +20,14 @@
 
 #include "ledger.h"
 #include "lockerd.h"
+#include "platform.h"
 #include "log.h"
 #include "util.h"
 
 #define OVERRIDES_MAX 32
 
 enum {
-	PFD_SIGNAL, PFD_MB, PFD_CTL,
+	PFD_SIGNAL, PFD_MB, PFD_LINK, PFD_CTL,
 	PFD_MAX = PFD_CTL + 2 * (1 + JSONL_CLIENTS_MAX)
 };
 
@@ -115,6 +116,8 @@ run(struct lockerd *d, int sigfd)
 		pfd[PFD_SIGNAL].events = POLLIN;
 		pfd[PFD_MB].fd = mb_fd(d->mb);
 		pfd[PFD_MB].events = POLLIN;
+		pfd[PFD_LINK].fd = d->link ? platform_fd(d->link) : -1;
+		pfd[PFD_LINK].events = POLLIN;
 		nctl = d->ctl ? jsonl_pollfds(d->ctl, &pfd[PFD_CTL],
 		    PFD_MAX - PFD_CTL) : 0;
 		nkiosk = d->kiosk == NULL ? 0 : jsonl_pollfds(d->kiosk, &pfd[PFD_CTL + nctl],
@@ -142,6 +145,8 @@ run(struct lockerd *d, int sigfd)
 			return 0;
 		if (pfd[PFD_MB].revents & POLLIN)
 			lockerd_mb_dispatch(d);
+		if (pfd[PFD_LINK].revents & POLLIN)
+			link_dispatch(d);
 		if (nctl)
 			jsonl_dispatch(d->ctl, &pfd[PFD_CTL], nctl);
 		if (nkiosk)
@@ -439,7 +444,9 @@ main(int argc, char **argv)
 		fatal("signals: %s", strerror(errno));
 	log_info("lockerd %s starting, configuration %s", LOCKERD_VERSION,
 	    config_path ? config_path : "(built-in default)");
-	rc = lockerd_start(&d) == 0 ? run(&d, sigfd) : -1;
+	rc = lockerd_start(&d) == 0 && link_start(&d) == 0 ? run(&d, sigfd) :
+	    -1;
+	link_stop(&d);
 	lockerd_stop(&d);
 	close(sigfd);
 	log_info("stopped");

@@ -22,6 +22,7 @@ enum {
 	ST_SECRET_SET, ST_SECRETS, ST_BODY_SET,
 	ST_RESV_SAVE, ST_RESV_ACTIVE, ST_RESV_MAX,
 	ST_STAFF_PUT, ST_STAFF_GET, ST_EVENT_RESV, ST_RESV_LAST,
+	ST_OUTBOX, ST_DELIVERED, ST_UNDELIVERED,
 	ST_COUNT
 };
 
@@ -65,6 +66,14 @@ static const char *const sql_text[ST_COUNT] = {
 	    "ON CONFLICT (id) DO UPDATE SET body = ?2, sig = ?3",
 	[ST_STAFF_GET] = "SELECT body, sig FROM staff WHERE id = ?1",
 	[ST_EVENT_RESV] = "UPDATE events SET resv = ?2 WHERE seq = ?1",
+	[ST_OUTBOX] =
+	    "SELECT seq, body, secret FROM events WHERE seq >= ?1 AND "
+	    "delivered = 0 ORDER BY seq LIMIT ?2",
+	[ST_DELIVERED] =
+	    "UPDATE events SET delivered = 1, secret = NULL WHERE seq = ?1",
+	[ST_UNDELIVERED] =
+	    "SELECT coalesce(min(seq), 0), count(*) FROM events "
+	    "WHERE delivered = 0",
 	[ST_RESV_LAST] =
 	    "SELECT coalesce(max(seq), 0) FROM events WHERE resv = ?1",
 };
@@ -610,4 +619,51 @@ store_resv_last_event(struct store *s, int64_t resv)
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 	return seq;
+}
+
+int
+store_outbox(struct store *s, int64_t from, int limit, store_outbox_fn fn,
+    void *arg)
+{
+	sqlite3_stmt *st = s->st[ST_OUTBOX];
+	int rc, ret = 0;
+
+	sqlite3_bind_int64(st, 1, from);
+	sqlite3_bind_int(st, 2, limit);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if (fn(sqlite3_column_int64(st, 0),
+		    (const char *)sqlite3_column_text(st, 1),
+		    (const char *)sqlite3_column_text(st, 2), arg) == -1)
+			break;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading the outbox: %s",
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
+int
+store_event_delivered(struct store *s, int64_t seq)
+{
+	sqlite3_bind_int64(s->st[ST_DELIVERED], 1, seq);
+	return step_done(s, ST_DELIVERED);
+}
+
+int
+store_undelivered(struct store *s, int64_t *first, int64_t *count)
+{
+	sqlite3_stmt *st = s->st[ST_UNDELIVERED];
+	int rc = sqlite3_step(st);
+
+	if (rc == SQLITE_ROW) {
+		*first = sqlite3_column_int64(st, 0);
+		*count = sqlite3_column_int64(st, 1);
+	} else
+		log_error("database: reading the outbox: %s",
+		    sqlite3_errmsg(s->db));
+	sqlite3_reset(st);
+	return rc == SQLITE_ROW ? 0 : -1;
 }

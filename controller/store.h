@@ -69,6 +69,15 @@ int store_event_secrets(struct store *s, store_event_fn fn, void *arg);
  * space secure_delete zeroes) and truncates it, so no old copy remains.
  */
 void store_scrub(struct store *s);
+/* The outbox: undelivered events from seq on, with their secret. */
+typedef int (*store_outbox_fn)(int64_t seq, const char *body,
+    const char *secret, void *arg);
+int store_outbox(struct store *s, int64_t from, int limit, store_outbox_fn fn,
+    void *arg);
+/* The broker has it: delivered, and its plain code (if any) wiped. */
+int store_event_delivered(struct store *s, int64_t seq);
+/* The first undelivered seq (0 if none) and how many wait. */
+int store_undelivered(struct store *s, int64_t *first, int64_t *count);
 /* Marks an event as being about a reservation. */
 int store_event_resv(struct store *s, int64_t seq, int64_t resv);
 /* The newest event about a reservation (0 if none), -1 on error. */

@@ -31,18 +31,38 @@ canon_dump(const json_t *ev, size_t *len)
 	return s;
 }
 
+/*
+ * Fields that are not part of the signed event: the signature itself and
+ * what the transport adds when it publishes one (LEDGER_TRANSPORT).
+ */
+static const char *const unsigned_fields[] = { "sig", "replayed", "code" };
+#define NUNSIGNED (sizeof(unsigned_fields) / sizeof(unsigned_fields[0]))
+
+static void
+drop_unsigned(json_t *ev)
+{
+	size_t i;
+
+	for (i = 0; i < NUNSIGNED; i++)
+		json_object_del(ev, unsigned_fields[i]);
+}
+
 /* Canonical bytes of any event: a shallow copy keeps ev as it was. */
 static char *
 canon_of(json_t *ev, size_t *len)
 {
 	json_t *copy;
+	size_t i;
 	char *s;
 
-	if (json_object_get(ev, "sig") == NULL)
+	for (i = 0; i < NUNSIGNED; i++)
+		if (json_object_get(ev, unsigned_fields[i]) != NULL)
+			break;
+	if (i == NUNSIGNED)
 		return canon_dump(ev, len);
 	if ((copy = json_copy(ev)) == NULL)
 		return NULL;
-	json_object_del(copy, "sig");
+	drop_unsigned(copy);
 	s = canon_dump(copy, len);
 	json_decref(copy);
 	return s;
@@ -62,7 +82,7 @@ ledger_seal(json_t *ev, const uint8_t sk[LEDGER_SK_LEN],
 		return -1;
 	sodium_bin2hex(hex, sizeof(hex), prev != NULL ? prev : ledger_zero,
 	    LEDGER_HASH_LEN);
-	json_object_del(ev, "sig");
+	drop_unsigned(ev);
 	if (json_object_set_new(ev, "prev", json_string(hex)) == -1)
 		return -1;
 	if ((canon = canon_dump(ev, &len)) == NULL)
@@ -175,7 +195,7 @@ ledger_verify_next(struct ledger_verify *v, const char *text, size_t len)
 		verify_fail(v, seq, "malformed sig");
 		goto out;
 	}
-	json_object_del(ev, "sig");
+	drop_unsigned(ev);
 	if ((canon = canon_dump(ev, &clen)) == NULL) {
 		verify_fail(v, seq, "out of memory");
 		goto out;

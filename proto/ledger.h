@@ -9,6 +9,10 @@
  * with JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII. "prev" is the
  * BLAKE2b-256 (unkeyed, 32 bytes) of the previous event's canonical bytes;
  * the first event's "prev" is 64 zeros. "sig" signs the canonical bytes.
+ *
+ * A published event may carry transport fields that are not signed and
+ * are left out of the canonical bytes: "replayed" (sent again after an
+ * outage) and "code" (the plain code of an issuance, for the SMS).
  */
 #ifndef LOCKERD_LEDGER_H
 #define LOCKERD_LEDGER_H

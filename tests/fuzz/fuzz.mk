@@ -90,7 +90,7 @@ $(FUZZ_BUILD)/fuzz_credential: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_credential.c \
 # file but main.c.
 $(FUZZ_BUILD)/fuzz_kiosk: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_kiosk.c \
 		controller/kiosk.c controller/lockerd.c controller/ctl.c \
-		controller/resv.c controller/bank.c controller/codes.c \
+		controller/link.c controller/platform.c controller/resv.c controller/bank.c controller/codes.c \
 		controller/custody.c controller/staff.c controller/store.c \
 		controller/throttle.c controller/jsonl.c controller/log.c \
 		controller/util.c controller/config.c controller/mb.c \

@@ -1147,3 +1147,125 @@ def assert_refused(sim, lk, kc, req, error, settle=0.5):
     unlocks = lk.find_events("unlock", after=seq0)
     assert not unlocks, f"{req} was refused but the ledger has unlocks: {unlocks}"
     return rep
+
+
+# ---------------------------------------------------------------------------
+# MQTT: a private mosquitto per test, and the platform's side (paho)
+
+
+class Mosquitto:
+    """A mosquitto broker on a free loopback port, persistence in the
+    test's temp dir (so a restart keeps sessions and queued messages)."""
+
+    def __init__(self, port=None):
+        _register(self)
+        d = tmpdir()
+        self.port = port or free_port()
+        self.dir = os.path.join(d, f"mosquitto-{self.port}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        self.log_path = os.path.join(self.dir, "mosquitto.log")
+        with open(self.conf, "w") as f:
+            # Run as whoever runs the tests: mosquitto started as root
+            # would drop to user "mosquitto", who cannot write the
+            # persistence (sessions lost across a restart) or the log.
+            import pwd
+            f.write(f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+                    f"listener {self.port} 127.0.0.1\n"
+                    "allow_anonymous true\n"
+                    "persistence true\n"
+                    f"persistence_location {self.dir}/\n"
+                    "autosave_interval 1\n"
+                    f"log_dest file {self.log_path}\n"
+                    "max_queued_messages 100000\n")
+        _register_log(f"mosquitto {self.port}", self.log_path)
+        self.proc = None
+        self.start()
+
+    def start(self, timeout=5):
+        self.proc = _popen(["mosquitto", "-c", self.conf], self.log_path + ".out",
+                           self.log_path + ".out")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise HarnessError(f"mosquitto exited: {_tail(self.log_path + '.out')}")
+                time.sleep(0.05)
+        raise HarnessError(f"mosquitto did not listen on {self.port}")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            _terminate(self.proc, 5)
+
+    def cleanup(self):
+        self.stop()
+
+
+class Platform:
+    """The platform's side of the link, as a test sees it: a persistent
+    MQTT session subscribed to lockers/<id>/#, recording every message."""
+
+    def __init__(self, broker, locker="test-locker", prefix="lockers", client_id=None):
+        import paho.mqtt.client as mqtt
+        _register(self)
+        self.broker = broker
+        self.prefix = f"{prefix}/{locker}"
+        self.lock = __import__("threading").Lock()
+        self.messages = []          # (topic, payload dict or text, retained)
+        self.c = mqtt.Client(client_id=client_id or f"platform-{os.getpid()}-{id(self)}",
+                             clean_session=False)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.reconnect_delay_set(0.1, 1)
+        self.c.connect_async("127.0.0.1", broker.port, keepalive=10)
+        self.c.loop_start()
+        wait_for(lambda: self.c.is_connected(), 5, what="platform client connected")
+
+    def _on_connect(self, c, userdata, flags, rc):
+        c.subscribe(self.prefix + "/#", qos=1)
+
+    def _on_message(self, c, userdata, msg):
+        try:
+            body = json.loads(msg.payload.decode())
+        except ValueError:
+            body = msg.payload.decode(errors="replace")
+        with self.lock:
+            self.messages.append((msg.topic, body, bool(msg.retain)))
+
+    def on(self, sub):
+        t = f"{self.prefix}/{sub}"
+        with self.lock:
+            return [(b, r) for (tp, b, r) in self.messages if tp == t]
+
+    def events(self):
+        """Events seen, de-duplicated by seq (first copy kept), in
+        arrival order of first copies."""
+        seen, out = set(), []
+        for b, _ in self.on("events"):
+            if isinstance(b, dict) and b.get("seq") not in seen:
+                seen.add(b["seq"])
+                out.append(b)
+        return out
+
+    def wait_events(self, upto, timeout=10):
+        wait_for(lambda: len({e["seq"] for e in self.events() if e["seq"] <= upto}) >= upto,
+                 timeout, what=f"events 1..{upto} on MQTT")
+        return [e for e in self.events() if e["seq"] <= upto]
+
+    def cleanup(self):
+        try:
+            self.c.loop_stop()
+            self.c.disconnect()
+        except Exception:
+            pass
+
+
+def mqtt_extra(broker, **keys):
+    """An [mqtt] section for lockerd pointing at broker."""
+    m = {"host": "127.0.0.1", "port": broker.port, "keepalive_s": 5,
+         "reconnect_min_ms": 100, "reconnect_max_ms": 1000}
+    m.update(keys)
+    return {"mqtt": m}

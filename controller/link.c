@@ -1,0 +1,213 @@
+/*
+ * lockerd's side of the platform link: the retained status (birth, will,
+ * goodbye, each with the boot counter), and the outbox: ledger events
+ * published in sequence order, QoS 1, at most [mqtt] inflight at a time,
+ * each marked delivered only when the broker acknowledges it. After a
+ * loss, publishing starts again at the first undelivered event; events
+ * that waited for the link carry "replayed": true.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lockerd.h"
+#include "log.h"
+#include "platform.h"
+#include "util.h"
+
+static char *
+status_json(struct lockerd *d, int online, const char *why)
+{
+	char when[UTIL_ISO_LEN];
+	json_t *o;
+	char *s;
+
+	util_iso_time(util_wall_ms(), when, sizeof(when));
+	o = json_pack("{s:b, s:s, s:I, s:s, s:s}", "online", online, "locker",
+	    d->cfg.locker_id, "boot", (json_int_t)d->boot, "version",
+	    LOCKERD_VERSION, "time", when);
+	if (o == NULL)
+		return NULL;
+	if (why != NULL)
+		json_object_set_new(o, "why", json_string(why));
+	s = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return s;
+}
+
+int
+link_start(struct lockerd *d)
+{
+	char err[256], *will;
+
+	if (d->cfg.mqtt.host[0] == '\0')
+		return 0;
+	/* The will says which boot went away: a platform drops a stale
+	 * will that arrives after the next boot's birth. */
+	if ((will = status_json(d, 0, "connection lost")) == NULL)
+		return -1;
+	d->link = platform_start(&d->cfg.mqtt, d->cfg.locker_id, will, err,
+	    sizeof(err));
+	free(will);
+	if (d->link == NULL) {
+		log_error("%s", err);
+		return -1;
+	}
+	log_info("mqtt: platform link to %s:%d as %s", d->cfg.mqtt.host,
+	    d->cfg.mqtt.port, d->cfg.mqtt.client_id);
+	return 0;
+}
+
+void
+link_stop(struct lockerd *d)
+{
+	char *bye;
+
+	if (d->link == NULL)
+		return;
+	bye = status_json(d, 0, "stopped");
+	platform_stop(d->link, bye);
+	free(bye);
+	d->link = NULL;
+}
+
+/* Appends the transport fields to a stored body (a compact object). */
+static char *
+with_transport(const char *body, int replayed, const char *code)
+{
+	size_t len = strlen(body);
+	char *s;
+
+	if (len < 2 || body[len - 1] != '}' ||
+	    (s = malloc(len + 64)) == NULL)
+		return NULL;
+	memcpy(s, body, len - 1);
+	snprintf(s + len - 1, 64, "%s%s%s%s}", replayed ?
+	    ",\"replayed\":true" : "", code ? ",\"code\":\"" : "",
+	    code ? code : "", code ? "\"" : "");
+	return s;
+}
+
+static int
+publish_one(int64_t seq, const char *body, const char *secret, void *arg)
+{
+	struct lockerd *d = arg;
+	struct lockerd_outbox *o = &d->outbox;
+	char *msg;
+	int mid, rc;
+
+	if (o->n == d->cfg.mqtt.inflight)
+		return -1;
+	/* Plain codes are digits; anything else is not sent as one. */
+	if (secret != NULL && !codes_valid_digits(secret, 1, 32))
+		secret = NULL;
+	if ((msg = with_transport(body, seq <= o->replay_upto, secret)) ==
+	    NULL)
+		return -1;
+	rc = platform_publish(d->link, "events", msg, 1, 0, &mid);
+	free(msg);
+	if (rc == -1)
+		return -1;
+	o->win[o->n].mid = mid;
+	o->win[o->n].seq = seq;
+	o->n++;
+	o->next = seq + 1;
+	return 0;
+}
+
+void
+link_kick(struct lockerd *d)
+{
+	struct lockerd_outbox *o = &d->outbox;
+
+	if (d->link == NULL || !o->up || o->n >= d->cfg.mqtt.inflight)
+		return;
+	store_outbox(d->store, o->next, d->cfg.mqtt.inflight - o->n,
+	    publish_one, d);
+}
+
+static void
+acked(struct lockerd *d, int mid)
+{
+	struct lockerd_outbox *o = &d->outbox;
+	int i;
+
+	for (i = 0; i < o->n; i++) {
+		if (o->win[i].mid != mid)
+			continue;
+		if (store_event_delivered(d->store, o->win[i].seq) == -1)
+			log_error("event %lld: could not mark it delivered; "
+			    "it will be sent again", (long long)o->win[i].seq);
+		memmove(&o->win[i], &o->win[i + 1],
+		    (size_t)(o->n - i - 1) * sizeof(o->win[0]));
+		o->n--;
+		o->scrub = 1;
+		break;
+	}
+	if (o->n == 0 && o->scrub) {
+		/* Delivered codes leave no copy in the WAL either. */
+		store_scrub(d->store);
+		o->scrub = 0;
+	}
+}
+
+static void
+connected(struct lockerd *d)
+{
+	struct lockerd_outbox *o = &d->outbox;
+	int64_t first, count;
+	char *birth;
+	int mid;
+
+	if ((birth = status_json(d, 1, NULL)) != NULL) {
+		if (platform_publish(d->link, "status", birth, 1, 1, &mid) ==
+		    -1)
+			log_warn("mqtt: could not publish the birth message");
+		free(birth);
+	}
+	o->up = 1;
+	o->n = 0;
+	if (store_undelivered(d->store, &first, &count) == -1)
+		return;
+	o->next = first > 0 ? first : store_event_last(d->store) + 1;
+	o->replay_upto = store_event_last(d->store);
+	log_info("mqtt: connected; %lld events to send", (long long)count);
+	link_kick(d);
+}
+
+void
+link_dispatch(struct lockerd *d)
+{
+	struct platform_rep reps[64];
+	int n, i;
+
+	if (d->link == NULL)
+		return;
+	n = platform_drain(d->link, reps, 64);
+	for (i = 0; i < n; i++) {
+		switch (reps[i].type) {
+		case PLATFORM_CONNECTED:
+			connected(d);
+			break;
+		case PLATFORM_DISCONNECTED:
+			if (d->outbox.up)
+				log_warn("mqtt: link lost (%s); %d events in "
+				    "flight will be sent again", reps[i].error,
+				    d->outbox.n);
+			d->outbox.up = 0;
+			d->outbox.n = 0;
+			break;
+		case PLATFORM_ACKED:
+			acked(d, reps[i].mid);
+			break;
+		case PLATFORM_MESSAGE:
+			log_debug("mqtt: a message on %s (commands are not "
+			    "served yet)", reps[i].topic);
+			free(reps[i].topic);
+			free(reps[i].payload);
+			break;
+		}
+	}
+	link_kick(d);
+}
