@@ -7,6 +7,7 @@
  * that waited for the link carry "replayed": true.
  */
 #include <jansson.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,15 +117,117 @@ publish_one(int64_t seq, const char *body, const char *secret, void *arg)
 	return 0;
 }
 
+/* What a platform needs of a cell, derived from the bank and the
+ * reservation that holds it. */
+static const char *
+cell_state(struct lockerd *d, int i, const struct resv **held)
+{
+	const struct bank_cell *c = &d->cells[i];
+	int slot = resv_slot_of_cell(&d->resv, i);
+
+	*held = slot == -1 ? NULL : &d->resv.r[slot];
+	if (*held != NULL)
+		switch ((*held)->state) {
+		case RESV_OPENING:
+		case RESV_OPEN:
+			return "in_use";
+		default:
+			return resv_state_name((*held)->state);
+		}
+	return c->in_service ? "free" : "out_of_service";
+}
+
+static json_t *
+cell_json(struct lockerd *d, int i, int64_t rev)
+{
+	const struct bank_cell *c = &d->cells[i];
+	const struct resv *r;
+	const char *state = cell_state(d, i, &r);
+	char size[2] = { c->size, '\0' };
+	const char *fault = c->fault == BANK_FAULT_JAMMED ? "door_jammed" :
+	    !d->boards[c->board].ok ? "board_fault" : NULL;
+	json_t *occ;
+
+	/* The item sensor when there is one, else what custody implies. */
+	if (c->item >= 0)
+		occ = json_boolean(c->item);
+	else if (r != NULL && (r->state == RESV_DEPOSITED ||
+	    r->state == RESV_READY || r->state == RESV_OVERDUE))
+		occ = json_true();
+	else if (r == NULL || r->state == RESV_RESERVED)
+		occ = json_false();
+	else
+		occ = json_null();
+	return json_pack("{s:i, s:s, s:s, s:s, s:o, s:o, s:b, s:o, s:I}",
+	    "cell", c->number, "state", state, "size", size,
+	    "door", bank_door_name(c->door), "occupied", occ,
+	    "fault", fault ? json_string(fault) : json_null(),
+	    "in_service", c->in_service,
+	    "resv", r ? json_integer(r->id) : json_null(),
+	    "rev", (json_int_t)rev);
+}
+
+/*
+ * Retained PREFIX/<locker>/cells/<n>, on change. rev grows with every
+ * change and across restarts (boot x 10^6 + changes this boot), so a
+ * platform keeps the newest whatever order they arrive in.
+ */
+static void
+publish_cells(struct lockerd *d, int all)
+{
+	char sub[32], *text;
+	uint8_t h[8];
+	uint64_t hash;
+	json_t *o;
+	int i, mid;
+
+	for (i = 0; i < d->bank.ncells; i++) {
+		if (!all && !d->cell_dirty[i])
+			continue;
+		/* Compare without rev: did anything the platform sees change? */
+		if ((o = cell_json(d, i, 0)) == NULL ||
+		    (text = json_dumps(o, JSON_COMPACT)) == NULL) {
+			json_decref(o);
+			continue;
+		}
+		crypto_generichash(h, sizeof(h), (const uint8_t *)text,
+		    strlen(text), NULL, 0);
+		memcpy(&hash, h, sizeof(hash));
+		free(text);
+		json_decref(o);
+		if (!all && hash == d->cell_sent[i]) {
+			d->cell_dirty[i] = 0;
+			continue;
+		}
+		if (hash != d->cell_sent[i] || d->cell_rev[i] == 0)
+			d->cell_rev[i] = d->cell_rev[i] == 0 ?
+			    d->boot * 1000000 + 1 : d->cell_rev[i] + 1;
+		if ((o = cell_json(d, i, d->cell_rev[i])) == NULL ||
+		    (text = json_dumps(o, JSON_COMPACT)) == NULL) {
+			json_decref(o);
+			continue;
+		}
+		snprintf(sub, sizeof(sub), "cells/%d", d->cells[i].number);
+		if (platform_publish(d->link, sub, text, 1, 1, &mid) == 0) {
+			d->cell_sent[i] = hash;
+			d->cell_dirty[i] = 0;
+		}
+		free(text);
+		json_decref(o);
+	}
+}
+
 void
 link_kick(struct lockerd *d)
 {
 	struct lockerd_outbox *o = &d->outbox;
 
-	if (d->link == NULL || !o->up || o->n >= d->cfg.mqtt.inflight)
+	if (d->link == NULL || !o->up)
 		return;
-	store_outbox(d->store, o->next, d->cfg.mqtt.inflight - o->n,
-	    publish_one, d);
+	if (o->n < d->cfg.mqtt.inflight)
+		store_outbox(d->store, o->next, d->cfg.mqtt.inflight - o->n,
+		    publish_one, d);
+	publish_cells(d, 0);
 }
 
 static void
@@ -173,6 +276,8 @@ connected(struct lockerd *d)
 	o->next = first > 0 ? first : store_event_last(d->store) + 1;
 	o->replay_upto = store_event_last(d->store);
 	log_info("mqtt: connected; %lld events to send", (long long)count);
+	/* Every cell once (retained), then what changes. */
+	publish_cells(d, 1);
 	link_kick(d);
 }
 

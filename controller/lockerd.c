@@ -425,7 +425,20 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 		}
 		if (tx_commit(d) == -1)
 			goto fail;
-		link_kick(d);
+	}
+	/* What the platform's retained cell states must show again. */
+	for (i = 0; i < s->bank.n; i++)
+		if (s->bank.a[i].cell >= 0)
+			d->cell_dirty[s->bank.a[i].cell] = 1;
+		else if (s->bank.a[i].board >= 0)
+			for (int k = 0; k < d->bank.ncells; k++)
+				if (d->cells[k].board == s->bank.a[i].board)
+					d->cell_dirty[k] = 1;
+	for (i = 0; i < s->resv.n; i++) {
+		d->cell_dirty[s->resv.a[i].r.cell] = 1;
+		if (s->resv.a[i].ev == RESV_EV_REASSIGNED &&
+		    s->resv.a[i].type == RESV_ACT_EVENT)
+			d->cell_dirty[s->resv.a[i].from_cell] = 1;
 	}
 	for (i = 0; i < s->resv.n; i++) {
 		const struct resv_action *a = &s->resv.a[i];
@@ -459,6 +472,9 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 			lockerd_apply(d, &retry);
 		}
 	}
+	/* After the relays: the platform hears of it, the door goes first. */
+	if (need_tx)
+		link_kick(d);
 	return 0;
 fail:
 	/* Nothing was recorded, so nothing may move: undo in-flight unlocks

@@ -77,6 +77,10 @@ struct lockerd {
 	int64_t session_until;          /* monotonic ms */
 	struct platform *link;          /* NULL: no [mqtt] host */
 	struct lockerd_outbox outbox;
+	/* Retained cell states: changed since published, what was sent. */
+	uint8_t cell_dirty[CONFIG_CELLS_MAX];
+	uint64_t cell_sent[CONFIG_CELLS_MAX];
+	int64_t cell_rev[CONFIG_CELLS_MAX];
 };
 
 /* Start-up: database, cells, boards, first read, reconciliation. */

@@ -122,3 +122,49 @@ def test_kill9_loses_no_event():
     wills = [b for b, _ in plat.on("status") if isinstance(b, dict) and
              b.get("online") is False and b.get("why") == "connection lost"]
     assert wills and all(isinstance(w.get("boot"), int) for w in wills), plat.on("status")
+
+
+def _cell_states(plat, n):
+    return [b for b, r in plat.on(f"cells/{n}") if isinstance(b, dict)]
+
+
+def test_retained_cell_state_follows_custody():
+    """lockers/<id>/cells/<n> is retained, published on change with a
+    growing revision, and says state, size, door, occupancy and fault."""
+    broker = Mosquitto()
+    plat = Platform(broker)
+    sim, lk = _start(broker)
+    kc = harness.kiosk(lk)
+    wait_for(lambda: len(_cell_states(plat, 24)) >= 1, 5, what="every cell published once")
+    first = _cell_states(plat, 3)[-1]
+    assert first["state"] == "free" and first["door"] == "closed" and \
+        first["occupied"] is False and first["fault"] is None and first["size"] == "S", first
+    r = harness.reserve(lk, "A-1", "S")
+    cell = r["cell"]
+    wait_for(lambda: _cell_states(plat, cell)[-1]["state"] == "reserved", 5,
+             what=f"cell {cell} reserved on MQTT")
+    assert _cell_states(plat, cell)[-1]["resv"] == r["resv"]
+    assert kc.code(r["code"]).get("ok") is True
+    lk.wait_event("door_opened", cell=cell, timeout=3)
+    harness.close_door(sim, cell)
+    lk.wait_event("deposited", cell=cell, timeout=3)
+    last = wait_for(lambda: [s for s in _cell_states(plat, cell) if s["state"] == "deposited"],
+                    5, what=f"cell {cell} deposited on MQTT")[-1]
+    assert last["occupied"] is True and last["door"] == "closed", last
+    revs = [s["rev"] for s in _cell_states(plat, cell)]
+    assert revs == sorted(revs) and len(set(revs)) == len(revs), f"revisions: {revs}"
+    # A dead board: every cell on it reports the fault.
+    sim.cmd("offline 2 on")
+    wait_for(lambda: _cell_states(plat, 20)[-1]["fault"] == "board_fault", 10,
+             what="board B's cells report board_fault")
+    sim.cmd("offline 2 off")
+    wait_for(lambda: _cell_states(plat, 20)[-1]["fault"] is None, 10,
+             what="board B's cells recover")
+    # After a restart the revision keeps growing, and the retained copy a
+    # newcomer gets is the newest.
+    before = _cell_states(plat, cell)[-1]["rev"]
+    lk.restart()
+    lk.wait_event("started", after=lk.last_seq() - 1, timeout=5)
+    late = Platform(broker, client_id="late-platform")
+    got = wait_for(lambda: _cell_states(late, cell), 5, what="the retained cell state")
+    assert got[-1]["rev"] > before and got[-1]["state"] == "deposited", (before, got)
