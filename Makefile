@@ -22,7 +22,7 @@ PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih
 DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
 	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
 	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
-	python3 python3-paho-mqtt python3-jsonschema valgrind
+	python3 python3-paho-mqtt python3-jsonschema python3-nacl valgrind
 
 WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	-Wshadow -Wformat=2
@@ -42,7 +42,7 @@ ALL_LDFLAGS += -fsanitize=address,undefined
 endif
 
 PROTO_SRC := proto/board.c proto/board_builtin.c proto/inicheck.c \
-	proto/ledger.c
+	proto/ledger.c proto/cmd.c
 CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
 	controller/lockerd.c controller/jsonl.c \
 	controller/store.c controller/mb.c controller/ctl.c controller/util.c \

@@ -171,6 +171,7 @@ static const struct int_key mqtt_keys[] = {
 	MK(inflight, 1, 100),
 	MK(reconnect_min_ms, 50, 60000),
 	MK(reconnect_max_ms, 50, 600000),
+	MK(command_window_s, 10, 3600),
 };
 
 static int
@@ -256,6 +257,16 @@ handle_mqtt(struct parse *p, const char *name, const char *value)
 		if (strcmp(name, strs[i].name) == 0)
 			return set_path(p, (char *)m + strs[i].off, strs[i].len,
 			    name, value);
+	if (strcmp(name, "platform_key") == 0) {
+		size_t n = strlen(value);
+
+		if (n != 0 && (n != 64 || strspn(value, "0123456789abcdef") !=
+		    64))
+			return fail(p, "platform_key must be 64 lower-case hex "
+			    "digits (an Ed25519 public key)");
+		memcpy(m->platform_key, value, n + 1);
+		return 1;
+	}
 	if (strcmp(name, "client_id") == 0) {
 		if (*value != '\0' && !valid_name(value, sizeof(m->client_id)))
 			return fail(p, "client_id must be 1-64 of A-Z a-z 0-9 "
@@ -589,6 +600,7 @@ config_defaults(struct config *c)
 	c->mqtt.inflight = 32;
 	c->mqtt.reconnect_min_ms = 500;
 	c->mqtt.reconnect_max_ms = 30000;
+	c->mqtt.command_window_s = 300;
 }
 
 static int

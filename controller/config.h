@@ -98,6 +98,8 @@ struct config_mqtt {
 	int inflight;                  /* events published, not yet acked */
 	int reconnect_min_ms;
 	int reconnect_max_ms;
+	char platform_key[65];         /* hex Ed25519 public key, "" none */
+	int command_window_s;          /* signed commands: |now - ts| */
 };
 
 struct config {

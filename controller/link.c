@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd.h"
 #include "lockerd.h"
 #include "log.h"
 #include "platform.h"
@@ -255,6 +256,8 @@ acked(struct lockerd *d, int mid)
 	}
 }
 
+static void publish_cells(struct lockerd *d, int all);
+
 static void
 connected(struct lockerd *d)
 {
@@ -279,6 +282,230 @@ connected(struct lockerd *d)
 	/* Every cell once (retained), then what changes. */
 	publish_cells(d, 1);
 	link_kick(d);
+}
+
+/* Publishes a reply (text) on PREFIX/<locker>/reply. */
+static void
+send_reply(struct lockerd *d, const char *text)
+{
+	int mid;
+
+	if (platform_publish(d->link, "reply", text, 1, 0, &mid) == -1)
+		log_warn("mqtt: a reply could not be sent; the platform may "
+		    "retry the command and get it again");
+}
+
+static char *
+reply_text(const char *request_id, json_t *body)
+{
+	char *text;
+
+	json_object_set_new(body, "request_id", request_id ?
+	    json_string(request_id) : json_null());
+	text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	return text;
+}
+
+static json_t *
+refusal(const char *error, const char *field, const char *reason)
+{
+	json_t *o = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", error,
+	    "reason", reason);
+
+	if (o != NULL && field != NULL && *field != '\0')
+		json_object_set_new(o, "field", json_string(field));
+	return o;
+}
+
+/* A refused command that could have opened a door is an alarm. */
+static void
+alarm_refused(struct lockerd *d, const struct cmd *c, const char *why)
+{
+	json_t *x = json_pack("{s:b, s:s, s:s, s:s}", "alarm", 1, "op", c->op,
+	    "request_id", c->request_id, "reason", why);
+
+	log_warn("mqtt: command %s (%s) refused: %s", c->request_id, c->op,
+	    why);
+	if (x == NULL || lockerd_record(d, "command_refused", x) == -1)
+		log_error("could not record a refused command");
+	json_decref(x);
+}
+
+/* Signed ops: the platform key, a fresh timestamp, a nonce never seen. */
+static json_t *
+check_signature(struct lockerd *d, const struct cmd *c)
+{
+	uint8_t pk[32];
+	int64_t now = util_wall_ms(), ts, window;
+	const char *nonce;
+	int rc;
+
+	if (d->cfg.mqtt.platform_key[0] == '\0' ||
+	    codes_unhex(d->cfg.mqtt.platform_key, pk, sizeof(pk)) == -1) {
+		alarm_refused(d, c, "no platform key is configured");
+		return refusal("unauthorised", "sig", "this locker has no "
+		    "platform key ([mqtt] platform_key)");
+	}
+	if (cmd_verify(c, pk) == -1) {
+		alarm_refused(d, c, "bad signature");
+		return refusal("unauthorised", "sig", "bad signature");
+	}
+	ts = json_integer_value(json_object_get(c->obj, "ts"));
+	window = (int64_t)d->cfg.mqtt.command_window_s * 1000;
+	if (ts < now - window || ts > now + window) {
+		alarm_refused(d, c, "stale timestamp");
+		return refusal("stale", "ts", "the timestamp is outside the "
+		    "accepted window");
+	}
+	nonce = json_string_value(json_object_get(c->obj, "nonce"));
+	if ((rc = store_nonce_use(d->store, nonce, now, now - 2 * window)) ==
+	    1) {
+		alarm_refused(d, c, "replayed nonce");
+		return refusal("replayed", "nonce", "this nonce was used "
+		    "before");
+	}
+	if (rc == -1)
+		return refusal("unrecorded", NULL, "the nonce could not be "
+		    "recorded");
+	return NULL;
+}
+
+/* Secrets are not kept at rest: a stored reply loses its code. */
+static char *
+stored_form(const char *text)
+{
+	json_t *o = json_loads(text, 0, NULL);
+	char *s;
+
+	if (o == NULL)
+		return NULL;
+	if (json_object_get(o, "code") != NULL) {
+		json_object_del(o, "code");
+		json_object_del(o, "credential");
+		json_object_set_new(o, "code_withheld", json_true());
+	}
+	s = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return s;
+}
+
+static json_t *
+execute(struct lockerd *d, const struct cmd *c)
+{
+	struct bank_actions acts;
+	enum bank_refusal br;
+	json_t *req, *res;
+	char why[96];
+	int cell;
+
+	if (strcmp(c->op, "rebirth") == 0) {
+		connected(d);
+		return json_pack("{s:b}", "ok", 1);
+	}
+	if (strcmp(c->op, "open") == 0) {
+		/* The hotline opens a cell: recorded as a remote unlock. */
+		cell = bank_cell_index(&d->bank, (int)json_integer_value(
+		    json_object_get(c->obj, "cell")));
+		if (cell == -1)
+			return refusal("bad_command", "cell", "no such cell in "
+			    "this locker");
+		memset(&acts, 0, sizeof(acts));
+		br = bank_unlock(&d->bank, cell, "remote", util_mono_ms(),
+		    &acts);
+		if (br != BANK_OK) {
+			snprintf(why, sizeof(why), "%s", bank_refusal_str(br));
+			return refusal("refused", "cell", why);
+		}
+		if (lockerd_apply(d, &acts) == -1)
+			return refusal("unrecorded", NULL, "the unlock could "
+			    "not be recorded; the door was not opened");
+		return json_pack("{s:b, s:i}", "ok", 1, "cell",
+		    d->cells[cell].number);
+	}
+	/* The rest are the control socket's, with the same checks. */
+	if ((req = json_copy(c->obj)) == NULL)
+		return NULL;
+	res = ctl_handle(d, req);
+	json_decref(req);
+	return res;
+}
+
+static void
+command(struct lockerd *d, const char *payload, size_t len)
+{
+	char field[48], why[160], state[16], *stored = NULL, *text;
+	struct cmd c;
+	json_t *res;
+	int rc;
+
+	if (cmd_parse(payload, len, &c, field, sizeof(field), why,
+	    sizeof(why)) == -1) {
+		log_info("mqtt: a command was refused: %s %s", field, why);
+		text = reply_text(c.request_id, refusal("bad_command", field,
+		    why));
+		if (text != NULL)
+			send_reply(d, text);
+		free(text);
+		cmd_free(&c);
+		return;
+	}
+	/* Once only: a repeat gets the stored reply, an unknown outcome is
+	 * said so and never run again. */
+	rc = store_cmd_get(d->store, c.request_id, state, sizeof(state),
+	    &stored);
+	if (rc == 0 && strcmp(state, "done") == 0 && stored != NULL) {
+		send_reply(d, stored);
+		goto out;
+	}
+	if (rc != 1) {
+		text = reply_text(c.request_id, rc == -1 ?
+		    refusal("unrecorded", NULL, "the command log cannot be "
+		    "read") : refusal("unknown_outcome", NULL, "this command "
+		    "was started before a restart and its outcome is unknown; "
+		    "it is not run again"));
+		if (text != NULL)
+			send_reply(d, text);
+		free(text);
+		goto out;
+	}
+	if (store_cmd_start(d->store, c.request_id, c.op) == -1) {
+		text = reply_text(c.request_id, refusal("unrecorded", NULL,
+		    "the command could not be recorded; it was not run"));
+		if (text != NULL)
+			send_reply(d, text);
+		free(text);
+		goto out;
+	}
+	if (util_wall_ms() > c.exp) {
+		res = refusal("expired", "exp", "the command arrived after its "
+		    "expiry and was not run");
+		if (c.signed_op)
+			alarm_refused(d, &c, "expired");
+	} else if (c.signed_op && (res = check_signature(d, &c)) != NULL)
+		;
+	else
+		res = execute(d, &c);
+	if (res == NULL)
+		res = refusal("internal", NULL, "the reply could not be built");
+	text = reply_text(c.request_id, res);
+	free(stored);
+	stored = text ? stored_form(text) : NULL;
+	rc = stored == NULL || store_begin(d->store) == -1 ? -1 : 0;
+	if (rc == 0 && store_cmd_done(d->store, c.request_id, stored) == -1) {
+		store_rollback(d->store);
+		rc = -1;
+	}
+	if (rc == -1 || store_commit(d->store) == -1)
+		log_error("command %s: its reply could not be stored; a "
+		    "repeat will be told the outcome is unknown",
+		    c.request_id);
+	if (text != NULL)
+		send_reply(d, text);
+	free(text);
+out:
+	free(stored);
+	cmd_free(&c);
 }
 
 void
@@ -307,8 +534,7 @@ link_dispatch(struct lockerd *d)
 			acked(d, reps[i].mid);
 			break;
 		case PLATFORM_MESSAGE:
-			log_debug("mqtt: a message on %s (commands are not "
-			    "served yet)", reps[i].topic);
+			command(d, reps[i].payload, reps[i].len);
 			free(reps[i].topic);
 			free(reps[i].payload);
 			break;

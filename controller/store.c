@@ -23,6 +23,7 @@ enum {
 	ST_RESV_SAVE, ST_RESV_ACTIVE, ST_RESV_MAX,
 	ST_STAFF_PUT, ST_STAFF_GET, ST_EVENT_RESV, ST_RESV_LAST,
 	ST_OUTBOX, ST_DELIVERED, ST_UNDELIVERED,
+	ST_CMD_GET, ST_CMD_START, ST_CMD_DONE, ST_NONCE_ADD, ST_NONCE_PRUNE,
 	ST_COUNT
 };
 
@@ -71,6 +72,17 @@ static const char *const sql_text[ST_COUNT] = {
 	    "delivered = 0 ORDER BY seq LIMIT ?2",
 	[ST_DELIVERED] =
 	    "UPDATE events SET delivered = 1, secret = NULL WHERE seq = ?1",
+	[ST_CMD_GET] = "SELECT state, reply FROM commands WHERE request_id = ?1",
+	[ST_CMD_START] =
+	    "INSERT INTO commands (request_id, op, state, at) "
+	    "VALUES (?1, ?2, 'started', ?3)",
+	[ST_CMD_DONE] =
+	    "UPDATE commands SET state = 'done', reply = ?2 "
+	    "WHERE request_id = ?1",
+	[ST_NONCE_ADD] =
+	    "INSERT INTO nonces (nonce, at) VALUES (?1, ?2) "
+	    "ON CONFLICT (nonce) DO NOTHING",
+	[ST_NONCE_PRUNE] = "DELETE FROM nonces WHERE at < ?1",
 	[ST_UNDELIVERED] =
 	    "SELECT coalesce(min(seq), 0), count(*) FROM events "
 	    "WHERE delivered = 0",
@@ -666,4 +678,84 @@ store_undelivered(struct store *s, int64_t *first, int64_t *count)
 		    sqlite3_errmsg(s->db));
 	sqlite3_reset(st);
 	return rc == SQLITE_ROW ? 0 : -1;
+}
+
+int
+store_cmd_get(struct store *s, const char *request_id, char *state,
+    size_t statelen, char **reply)
+{
+	sqlite3_stmt *st = s->st[ST_CMD_GET];
+	const unsigned char *t;
+	int rc, ret;
+
+	*reply = NULL;
+	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		t = sqlite3_column_text(st, 0);
+		util_strlcpy(state, t ? (const char *)t : "", statelen);
+		t = sqlite3_column_text(st, 1);
+		if (t != NULL)
+			*reply = strdup((const char *)t);
+		ret = 0;
+	} else if (rc == SQLITE_DONE)
+		ret = 1;
+	else {
+		log_error("database: reading command %s: %s", request_id,
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
+int
+store_cmd_start(struct store *s, const char *request_id, const char *op)
+{
+	sqlite3_stmt *st = s->st[ST_CMD_START];
+
+	if (store_begin(s) == -1)
+		return -1;
+	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, op, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 3, util_wall_ms());
+	if (step_done(s, ST_CMD_START) == -1) {
+		store_rollback(s);
+		return -1;
+	}
+	return store_commit(s);
+}
+
+int
+store_cmd_done(struct store *s, const char *request_id, const char *reply)
+{
+	sqlite3_stmt *st = s->st[ST_CMD_DONE];
+
+	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, reply, -1, SQLITE_TRANSIENT);
+	return step_done(s, ST_CMD_DONE);
+}
+
+int
+store_nonce_use(struct store *s, const char *nonce, int64_t at,
+    int64_t forget_before)
+{
+	int fresh;
+
+	if (store_begin(s) == -1)
+		return -1;
+	sqlite3_bind_int64(s->st[ST_NONCE_PRUNE], 1, forget_before);
+	sqlite3_bind_text(s->st[ST_NONCE_ADD], 1, nonce, -1,
+	    SQLITE_TRANSIENT);
+	sqlite3_bind_int64(s->st[ST_NONCE_ADD], 2, at);
+	if (step_done(s, ST_NONCE_PRUNE) == -1 ||
+	    step_done(s, ST_NONCE_ADD) == -1) {
+		store_rollback(s);
+		return -1;
+	}
+	fresh = sqlite3_changes(s->db) == 1;
+	if (store_commit(s) == -1)
+		return -1;
+	return fresh ? 0 : 1;
 }

@@ -78,6 +78,23 @@ int store_outbox(struct store *s, int64_t from, int limit, store_outbox_fn fn,
 int store_event_delivered(struct store *s, int64_t seq);
 /* The first undelivered seq (0 if none) and how many wait. */
 int store_undelivered(struct store *s, int64_t *first, int64_t *count);
+/*
+ * Platform commands: 0 and the state ("started" / "done") and the stored
+ * reply (malloc'ed, or NULL) if seen before, 1 if new, -1 on error.
+ */
+int store_cmd_get(struct store *s, const char *request_id, char *state,
+    size_t statelen, char **reply);
+/* Records that a command starts (own transaction, before it runs). */
+int store_cmd_start(struct store *s, const char *request_id, const char *op);
+/* Its reply (no transaction of its own). */
+int store_cmd_done(struct store *s, const char *request_id, const char *reply);
+/*
+ * A signed command's nonce: 0 if never seen (now recorded), 1 if seen,
+ * -1 on error. Nonces older than forget_before are dropped: a command
+ * that old fails its timestamp window anyway.
+ */
+int store_nonce_use(struct store *s, const char *nonce, int64_t at,
+    int64_t forget_before);
 /* Marks an event as being about a reservation. */
 int store_event_resv(struct store *s, int64_t seq, int64_t resv);
 /* The newest event about a reservation (0 if none), -1 on error. */

@@ -18,7 +18,8 @@ FUZZ_DIR           := tests/fuzz
 
 # Target name and its -max_len.
 FUZZ_TARGETS := fuzz_config:8192 fuzz_profile:2048 fuzz_board_reply:301 \
-	fuzz_ctl_json:4096 fuzz_credential:400 fuzz_kiosk:4096
+	fuzz_ctl_json:4096 fuzz_credential:400 fuzz_kiosk:4096 \
+	fuzz_cmd:8192
 FUZZ_NAMES   := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
 FUZZ_BINS    := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
 
@@ -94,5 +95,8 @@ $(FUZZ_BUILD)/fuzz_kiosk: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_kiosk.c \
 		controller/custody.c controller/staff.c controller/store.c \
 		controller/throttle.c controller/jsonl.c controller/log.c \
 		controller/util.c controller/config.c controller/mb.c \
-		proto/ledger.c) $(FUZZ_PROTO_OBJ)
+		proto/ledger.c proto/cmd.c) $(FUZZ_PROTO_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
+
+$(FUZZ_BUILD)/fuzz_cmd: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_cmd.c proto/cmd.c)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)

@@ -1,0 +1,268 @@
+/*
+ * Platform commands (cmd.h): one table of fields per op, checked strictly.
+ */
+#include "cmd.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum ftype { F_STR, F_INT, F_BOOL };
+
+struct field {
+	const char *name;
+	enum ftype type;
+	int required;
+	int64_t lo, hi;         /* ints: range; strings: length */
+	const char *chars;      /* strings: allowed characters, NULL any */
+};
+
+#define DIGITS "0123456789"
+#define IDCHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" \
+	DIGITS "_.:-"
+
+/* Common to every command. */
+static const struct field common[] = {
+	{ "op", F_STR, 1, 1, 32, NULL },
+	{ "request_id", F_STR, 1, 1, 64, IDCHARS },
+	{ "exp", F_INT, 1, 0, INT64_MAX / 2, NULL },
+};
+
+/* The signature envelope of signed ops. */
+static const struct field envelope[] = {
+	{ "ts", F_INT, 1, 0, INT64_MAX / 2, NULL },
+	{ "nonce", F_STR, 1, 16, 64, IDCHARS },
+	{ "sig", F_STR, 1, 86, 86, NULL },
+};
+
+static const struct field f_reserve[] = {
+	{ "app", F_STR, 1, 1, 47, NULL },
+	{ "size", F_STR, 1, 1, 1, "SML" },
+	{ "valid_s", F_INT, 0, 60, 7776000, NULL },
+	{ "phone", F_STR, 0, 4, 4, DIGITS },
+};
+static const struct field f_resv[] = {
+	{ "resv", F_INT, 1, 1, INT64_MAX / 2, NULL },
+};
+static const struct field f_cell[] = {
+	{ "cell", F_INT, 1, 1, 999, NULL },
+};
+static const struct field f_service[] = {
+	{ "cell", F_INT, 1, 1, 999, NULL },
+	{ "in", F_BOOL, 1, 0, 0, NULL },
+};
+
+static const struct op {
+	const char *name;
+	const struct field *fields;
+	size_t nfields;
+	int signed_op;
+} ops[] = {
+#define OP(n, f, s) { n, f, sizeof(f) / sizeof(f[0]), s }
+	{ "ping", NULL, 0, 0 },
+	{ "state", NULL, 0, 0 },
+	{ "rebirth", NULL, 0, 0 },
+	OP("reserve", f_reserve, 0),
+	OP("cancel", f_resv, 0),
+	OP("reissue", f_resv, 0),
+	OP("resv", f_resv, 0),
+	OP("service", f_service, 0),
+	OP("open", f_cell, 1),
+#undef OP
+};
+
+const char *
+cmd_ops(void)
+{
+	return "ping, state, rebirth, reserve, cancel, reissue, resv, "
+	    "service, open";
+}
+
+static const struct field *
+find(const struct field *f, size_t n, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(f[i].name, key) == 0)
+			return &f[i];
+	return NULL;
+}
+
+static int
+check(const struct field *f, json_t *v, char *why, size_t whylen)
+{
+	const char *s;
+	size_t len, i;
+
+	switch (f->type) {
+	case F_INT:
+		if (!json_is_integer(v)) {
+			snprintf(why, whylen, "must be an integer");
+			return -1;
+		}
+		if (json_integer_value(v) < f->lo ||
+		    json_integer_value(v) > f->hi) {
+			snprintf(why, whylen, "must be from %lld to %lld",
+			    (long long)f->lo, (long long)f->hi);
+			return -1;
+		}
+		return 0;
+	case F_BOOL:
+		if (!json_is_boolean(v)) {
+			snprintf(why, whylen, "must be true or false");
+			return -1;
+		}
+		return 0;
+	case F_STR:
+		if (!json_is_string(v)) {
+			snprintf(why, whylen, "must be a string");
+			return -1;
+		}
+		s = json_string_value(v);
+		len = json_string_length(v);
+		if ((int64_t)len < f->lo || (int64_t)len > f->hi ||
+		    strlen(s) != len) {
+			snprintf(why, whylen, "must be %lld to %lld characters",
+			    (long long)f->lo, (long long)f->hi);
+			return -1;
+		}
+		for (i = 0; f->chars != NULL && i < len; i++)
+			if (strchr(f->chars, s[i]) == NULL) {
+				snprintf(why, whylen, "has a character out of "
+				    "[%s]", f->chars);
+				return -1;
+			}
+		return 0;
+	}
+	return -1;
+}
+
+int
+cmd_parse(const char *payload, size_t len, struct cmd *out, char *field,
+    size_t fieldlen, char *why, size_t whylen)
+{
+	const struct op *op = NULL;
+	const struct field *f;
+	json_error_t jerr;
+	const char *key;
+	json_t *v, *rid;
+	size_t i;
+
+	memset(out, 0, sizeof(*out));
+	snprintf(field, fieldlen, "%s", "");
+	if (len > 16 * CMD_PAYLOAD_MAX) {
+		snprintf(why, whylen, "the command is longer than %d bytes",
+		    CMD_PAYLOAD_MAX);
+		return -1;
+	}
+	out->obj = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (len > CMD_PAYLOAD_MAX) {
+		/* Refused whatever it says; read only to correlate the reply
+		 * (the broker bounds what reaches us). */
+		rid = json_object_get(out->obj, "request_id");
+		if (rid != NULL && check(&common[1], rid, why, whylen) == 0)
+			out->request_id = json_string_value(rid);
+		snprintf(why, whylen, "the command is longer than %d bytes",
+		    CMD_PAYLOAD_MAX);
+		return -1;
+	}
+	if (out->obj == NULL) {
+		snprintf(why, whylen, "not JSON (%.80s)", jerr.text);
+		return -1;
+	}
+	if (!json_is_object(out->obj)) {
+		snprintf(why, whylen, "a command must be a JSON object");
+		return -1;
+	}
+	/* The request id first, so that even a refusal can be matched. */
+	rid = json_object_get(out->obj, "request_id");
+	if (rid != NULL && check(&common[1], rid, why, whylen) == 0)
+		out->request_id = json_string_value(rid);
+	for (i = 0; i < sizeof(common) / sizeof(common[0]); i++) {
+		v = json_object_get(out->obj, common[i].name);
+		snprintf(field, fieldlen, "%s", common[i].name);
+		if (v == NULL) {
+			snprintf(why, whylen, "is missing");
+			return -1;
+		}
+		if (check(&common[i], v, why, whylen) == -1)
+			return -1;
+	}
+	out->op = json_string_value(json_object_get(out->obj, "op"));
+	out->exp = json_integer_value(json_object_get(out->obj, "exp"));
+	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		if (strcmp(ops[i].name, out->op) == 0)
+			op = &ops[i];
+	if (op == NULL) {
+		snprintf(field, fieldlen, "op");
+		snprintf(why, whylen, "is not one of: %s", cmd_ops());
+		return -1;
+	}
+	out->signed_op = op->signed_op;
+	json_object_foreach(out->obj, key, v) {
+		snprintf(field, fieldlen, "%.40s", key);
+		if (find(common, 3, key) != NULL)
+			continue;
+		f = find(op->fields, op->nfields, key);
+		if (f == NULL && (f = find(envelope, 3, key)) == NULL) {
+			snprintf(why, whylen, "is not a field of '%s'",
+			    out->op);
+			return -1;
+		}
+		if (check(f, v, why, whylen) == -1)
+			return -1;
+	}
+	for (i = 0; i < op->nfields; i++)
+		if (op->fields[i].required &&
+		    json_object_get(out->obj, op->fields[i].name) == NULL) {
+			snprintf(field, fieldlen, "%s", op->fields[i].name);
+			snprintf(why, whylen, "is missing");
+			return -1;
+		}
+	for (i = 0; op->signed_op && i < 3; i++)
+		if (json_object_get(out->obj, envelope[i].name) == NULL) {
+			snprintf(field, fieldlen, "%s", envelope[i].name);
+			snprintf(why, whylen, "is missing: '%s' must be signed",
+			    out->op);
+			return -1;
+		}
+	snprintf(field, fieldlen, "%s", "");
+	return 0;
+}
+
+void
+cmd_free(struct cmd *c)
+{
+	json_decref(c->obj);
+	memset(c, 0, sizeof(*c));
+}
+
+int
+cmd_verify(const struct cmd *c, const uint8_t pk[32])
+{
+	const char *s = json_string_value(json_object_get(c->obj, "sig"));
+	uint8_t sig[crypto_sign_BYTES];
+	json_t *copy;
+	size_t siglen;
+	char *canon;
+	int rc;
+
+	if (s == NULL || sodium_base642bin(sig, sizeof(sig), s, strlen(s),
+	    NULL, &siglen, NULL, sodium_base64_VARIANT_URLSAFE_NO_PADDING) !=
+	    0 || siglen != sizeof(sig))
+		return -1;
+	if ((copy = json_copy(c->obj)) == NULL)
+		return -1;
+	json_object_del(copy, "sig");
+	canon = json_dumps(copy, JSON_COMPACT | JSON_SORT_KEYS |
+	    JSON_ENSURE_ASCII);
+	json_decref(copy);
+	if (canon == NULL)
+		return -1;
+	rc = crypto_sign_verify_detached(sig, (const uint8_t *)canon,
+	    strlen(canon), pk) == 0 ? 0 : -1;
+	free(canon);
+	return rc;
+}
