@@ -428,6 +428,12 @@ execute(struct lockerd *d, const struct cmd *c)
 		return NULL;
 	res = ctl_handle(d, req);
 	json_decref(req);
+	/* The control socket's refusals are prose; here the reason is, and
+	 * the error is a code. */
+	if (res != NULL && json_is_false(json_object_get(res, "ok"))) {
+		json_object_set(res, "reason", json_object_get(res, "error"));
+		json_object_set_new(res, "error", json_string("refused"));
+	}
 	return res;
 }
 

@@ -84,7 +84,7 @@ def discover(filt):
     and definition order."""
     if INTEGRATION not in sys.path:
         sys.path.insert(0, INTEGRATION)
-    tests = []
+    tests, last = [], []
     for fn in sorted(os.listdir(INTEGRATION)):
         if not (fn.startswith("test_") and fn.endswith(".py")):
             continue
@@ -99,13 +99,16 @@ def discover(filt):
                 raise ImportError(err)
             tests.append((f"{modname}::<import>", broken))
             continue
+        # A module that checks what the others left (the contract test)
+        # says RUN_LAST.
+        into = last if getattr(mod, "RUN_LAST", False) else tests
         for name, obj in mod.__dict__.items():
             if name.startswith("test_") and inspect.isfunction(obj) and obj.__module__ == modname:
                 full = f"{modname}::{name}"
                 if filt and filt not in full:
                     continue
-                tests.append((full, obj))
-    return tests
+                into.append((full, obj))
+    return tests + last
 
 
 def _alarm(signum, frame):
@@ -186,6 +189,11 @@ def main():
         failed += f
 
     if not args.unit_only:
+        # Every MQTT message a test's platform receives is kept here for
+        # the contract test; one run, one file.
+        capture = os.path.join(build, "contract", "messages.jsonl")
+        os.makedirs(os.path.dirname(capture), exist_ok=True)
+        open(capture, "w").close()
         tests = discover(args.filter)
         p, f = run_integration(tests, args.timeout)
         passed += p

@@ -1234,6 +1234,12 @@ class Platform:
             body = msg.payload.decode(errors="replace")
         with self.lock:
             self.messages.append((msg.topic, body, bool(msg.retain)))
+            # For the contract test: everything any test's platform saw.
+            cap = os.path.join(build_dir(), "contract", "messages.jsonl")
+            if os.path.isdir(os.path.dirname(cap)):
+                with open(cap, "a") as f:
+                    f.write(json.dumps({"topic": msg.topic, "retain": bool(msg.retain),
+                                        "payload": msg.payload.decode(errors="replace")}) + "\n")
 
     def on(self, sub):
         t = f"{self.prefix}/{sub}"
