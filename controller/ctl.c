@@ -235,7 +235,7 @@ ctl_reserve(struct lockerd *d, json_t *req, struct lockerd_step *s)
 }
 
 static int
-get_resv(struct lockerd *d, json_t *req, int64_t *id, json_t **err)
+get_resv(json_t *req, int64_t *id, json_t **err)
 {
 	json_t *v = json_object_get(req, "resv");
 
@@ -244,7 +244,6 @@ get_resv(struct lockerd *d, json_t *req, int64_t *id, json_t **err)
 		return -1;
 	}
 	*id = json_integer_value(v);
-	(void)d;
 	return 0;
 }
 
@@ -257,7 +256,7 @@ ctl_resv_op(struct lockerd *d, const char *op, json_t *req,
 	json_t *err;
 	int slot;
 
-	if (get_resv(d, req, &id, &err) == -1)
+	if (get_resv(req, &id, &err) == -1)
 		return err;
 	if (strcmp(op, "resv") == 0) {
 		if ((slot = resv_slot_of_id(&d->resv, id)) == -1)

@@ -24,7 +24,7 @@ signed_bytes(const char *domain, const char *text, size_t *len)
 
 	if (buf == NULL)
 		return NULL;
-	*len = (size_t)sprintf(buf, "lockerd/%s/1\n", domain);
+	*len = (size_t)snprintf(buf, dl + 12, "lockerd/%s/1\n", domain);
 	memcpy(buf + *len, text, tl);
 	*len += tl;
 	return buf;

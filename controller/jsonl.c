@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 #define JSONL_OUT_MAX (512 * 1024)
 
@@ -49,11 +50,8 @@ jsonl_error(const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	/* Messages quote the client's bytes (a parser's complaint, a field
-	 * cut at 40 bytes): keep them printable ASCII so the reply is always
-	 * valid UTF-8 and one line (found by fuzz_ctl_json). */
-	for (char *p = msg; *p != '\0'; p++)
-		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-			*p = '?';
+	 * cut at 40 bytes): found by fuzz_ctl_json. */
+	util_printable(msg);
 	return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 }
 

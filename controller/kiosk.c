@@ -36,12 +36,10 @@ refuse_bad(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(show, sizeof(show), fmt, ap);
 	va_end(ap);
-	/* It may quote the client's bytes, cut anywhere ('%.40s'): keep it
-	 * printable ASCII, or json_pack() refuses a broken UTF-8 sequence
-	 * and the keypad gets no "show" (a fuzz_kiosk regression). */
-	for (char *p = show; *p != '\0'; p++)
-		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-			*p = '?';
+	/* It may quote the client's bytes, cut anywhere ('%.40s'), or
+	 * json_pack() refuses it and the keypad gets no "show" (a
+	 * fuzz_kiosk regression). */
+	util_printable(show);
 	return refuse("bad_request", show, 0);
 }
 
@@ -459,12 +457,10 @@ status(struct lockerd *d)
 	int free_[3] = { 0, 0, 0 }, i;
 
 	for (i = 0; i < d->bank.ncells; i++) {
-		const struct bank_cell *c = &d->cells[i];
+		char size = d->cells[i].size;
 
-		if (c->in_service && d->boards[c->board].ok &&
-		    c->door == BANK_DOOR_CLOSED && c->item != 1 &&
-		    resv_slot_of_cell(&d->resv, i) == -1)
-			free_[c->size == 'S' ? 0 : c->size == 'M' ? 1 : 2]++;
+		if (resv_cell_free(&d->resv, i))
+			free_[size == 'S' ? 0 : size == 'M' ? 1 : 2]++;
 	}
 	return json_pack("{s:b, s:s, s:o, s:I, s:{s:i, s:i, s:i}}", "ok", 1,
 	    "show", wait > 0 ? "Please wait." : "Enter your code.",

@@ -138,8 +138,9 @@ cell_state(struct lockerd *d, int i, const struct resv **held)
 	return c->in_service ? "free" : "out_of_service";
 }
 
+/* A cell's state without its "rev", which the caller adds. */
 static json_t *
-cell_json(struct lockerd *d, int i, int64_t rev)
+cell_json(struct lockerd *d, int i)
 {
 	const struct bank_cell *c = &d->cells[i];
 	const struct resv *r;
@@ -159,13 +160,12 @@ cell_json(struct lockerd *d, int i, int64_t rev)
 		occ = json_false();
 	else
 		occ = json_null();
-	return json_pack("{s:i, s:s, s:s, s:s, s:o, s:o, s:b, s:o, s:I}",
+	return json_pack("{s:i, s:s, s:s, s:s, s:o, s:o, s:b, s:o}",
 	    "cell", c->number, "state", state, "size", size,
 	    "door", bank_door_name(c->door), "occupied", occ,
 	    "fault", fault ? json_string(fault) : json_null(),
 	    "in_service", c->in_service,
-	    "resv", r ? json_integer(r->id) : json_null(),
-	    "rev", (json_int_t)rev);
+	    "resv", r ? json_integer(r->id) : json_null());
 }
 
 /*
@@ -186,7 +186,7 @@ publish_cells(struct lockerd *d, int all)
 		if (!all && !d->cell_dirty[i])
 			continue;
 		/* Compare without rev: did anything the platform sees change? */
-		if ((o = cell_json(d, i, 0)) == NULL ||
+		if ((o = cell_json(d, i)) == NULL ||
 		    (text = json_dumps(o, JSON_COMPACT)) == NULL) {
 			json_decref(o);
 			continue;
@@ -195,21 +195,20 @@ publish_cells(struct lockerd *d, int all)
 		    strlen(text), NULL, 0);
 		memcpy(&hash, h, sizeof(hash));
 		free(text);
-		json_decref(o);
+		text = NULL;
 		if (!all && hash == d->cell_sent[i]) {
 			d->cell_dirty[i] = 0;
+			json_decref(o);
 			continue;
 		}
 		if (hash != d->cell_sent[i] || d->cell_rev[i] == 0)
 			d->cell_rev[i] = d->cell_rev[i] == 0 ?
 			    d->boot * 1000000 + 1 : d->cell_rev[i] + 1;
-		if ((o = cell_json(d, i, d->cell_rev[i])) == NULL ||
-		    (text = json_dumps(o, JSON_COMPACT)) == NULL) {
-			json_decref(o);
-			continue;
-		}
 		snprintf(sub, sizeof(sub), "cells/%d", d->cells[i].number);
-		if (platform_publish(d->link, sub, text, 1, 1, &mid) == 0) {
+		if (json_object_set_new(o, "rev",
+		    json_integer(d->cell_rev[i])) == 0 &&
+		    (text = json_dumps(o, JSON_COMPACT)) != NULL &&
+		    platform_publish(d->link, sub, text, 1, 1, &mid) == 0) {
 			d->cell_sent[i] = hash;
 			d->cell_dirty[i] = 0;
 		}

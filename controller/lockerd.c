@@ -573,8 +573,8 @@ lockerd_tick(struct lockerd *d)
 	free(s);
 }
 
-static int
-make_state_dir(const char *path)
+int
+lockerd_state_dir(const char *path)
 {
 	struct stat st;
 
@@ -863,7 +863,7 @@ lockerd_start_offline(struct lockerd *d)
 	struct bank_timing t;
 	char err[512];
 
-	if (make_state_dir(d->cfg.state_dir) == -1)
+	if (lockerd_state_dir(d->cfg.state_dir) == -1)
 		return -1;
 	if ((d->store = store_open(d->cfg.database, err, sizeof(err))) ==
 	    NULL) {

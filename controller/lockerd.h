@@ -83,6 +83,8 @@ struct lockerd {
 	int64_t cell_rev[CONFIG_CELLS_MAX];
 };
 
+/* The state folder: created 0700 if missing; -1 if it cannot be. */
+int lockerd_state_dir(const char *path);
 /* Start-up: database, cells, boards, first read, reconciliation. */
 int lockerd_start(struct lockerd *d);
 /*

@@ -204,17 +204,6 @@ read_pin(const char *prompt, char *buf, size_t len)
 	return 0;
 }
 
-static int
-mkdir_state(const char *path)
-{
-	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
-		fprintf(stderr, "lockerd: state folder %s: %s\n", path,
-		    strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
 /* The store and the keys without starting the locker. */
 static int
 open_state(struct lockerd *d)
@@ -431,7 +420,7 @@ main(int argc, char **argv)
 	if (codes_init() == -1)
 		fatal("libsodium could not start");
 	if (staff_id != NULL || verify || pubkey) {
-		if (mkdir_state(d.cfg.state_dir) == -1)
+		if (lockerd_state_dir(d.cfg.state_dir) == -1)
 			return 1;
 		return staff_id != NULL ? add_staff(&d, staff_id, staff_name,
 		    staff_role) : verify ? verify_ledger(&d) : public_key(&d);

@@ -285,6 +285,17 @@ size_rank(char s)
 	return s == 'S' ? 1 : s == 'M' ? 2 : s == 'L' ? 3 : 9;
 }
 
+int
+resv_cell_free(const struct resv_table *t, int cell)
+{
+	const struct bank *b = t->bank;
+	const struct bank_cell *c = &b->cells[cell];
+
+	return c->in_service && b->boards[c->board].ok &&
+	    c->door == BANK_DOOR_CLOSED && !c->unlocking && c->item != 1 &&
+	    resv_slot_of_cell(t, cell) == -1;
+}
+
 /* The smallest free cell that fits, then the lowest number. */
 static int
 allocate(const struct resv_table *t, char size, int except)
@@ -295,10 +306,8 @@ allocate(const struct resv_table *t, char size, int except)
 	for (i = 0; i < b->ncells; i++) {
 		const struct bank_cell *c = &b->cells[i];
 
-		if (i == except || !c->in_service || !b->boards[c->board].ok ||
-		    c->door != BANK_DOOR_CLOSED || c->unlocking ||
-		    c->item == 1 || size_rank(c->size) < size_rank(size) ||
-		    resv_slot_of_cell(t, i) != -1)
+		if (i == except || size_rank(c->size) < size_rank(size) ||
+		    !resv_cell_free(t, i))
 			continue;
 		if (best == -1 ||
 		    size_rank(c->size) < size_rank(b->cells[best].size) ||

@@ -174,6 +174,11 @@ void resv_tick(struct resv_table *t, int64_t now, struct resv_actions *out);
 int64_t resv_next_deadline(const struct resv_table *t);
 
 int resv_slot_of_cell(const struct resv_table *t, int cell);
+/*
+ * A cell a reservation could get: in service, on a board that answers,
+ * closed, not unlocking, no item sensed, held by no reservation.
+ */
+int resv_cell_free(const struct resv_table *t, int cell);
 int resv_slot_of_id(const struct resv_table *t, int64_t id);
 int resv_is_terminal(enum resv_state s);
 const char *resv_state_name(enum resv_state s);

@@ -272,6 +272,45 @@ step_done(struct store *s, int which)
 	return 0;
 }
 
+/* A query of one integer (bound by the caller); -1 and logged on error. */
+static int64_t
+step_int64(struct store *s, int which, const char *what)
+{
+	sqlite3_stmt *st = s->st[which];
+	int64_t v = -1;
+
+	if (sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int64(st, 0);
+	else
+		log_error("database: reading %s: %s", what,
+		    sqlite3_errmsg(s->db));
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return v;
+}
+
+/* Rows of (seq, text) to fn until it returns -1; -1 on a database error. */
+static int
+step_events(struct store *s, int which, const char *what, store_event_fn fn,
+    void *arg)
+{
+	sqlite3_stmt *st = s->st[which];
+	int rc, ret = 0;
+
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if (fn(sqlite3_column_int64(st, 0),
+		    (const char *)sqlite3_column_text(st, 1), arg) == -1)
+			break;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading %s: %s", what,
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
 int
 store_begin(struct store *s)
 {
@@ -430,39 +469,16 @@ store_event_append(struct store *s, int64_t wall_ms, const char *type,
 int64_t
 store_event_last(struct store *s)
 {
-	sqlite3_stmt *st = s->st[ST_EVENT_LAST];
-	int64_t last = -1;
-
-	if (sqlite3_step(st) == SQLITE_ROW)
-		last = sqlite3_column_int64(st, 0);
-	else
-		log_error("database: reading the ledger: %s",
-		    sqlite3_errmsg(s->db));
-	sqlite3_reset(st);
-	return last;
+	return step_int64(s, ST_EVENT_LAST, "the ledger");
 }
 
 int
 store_events_after(struct store *s, int64_t after, int limit,
     store_event_fn fn, void *arg)
 {
-	sqlite3_stmt *st = s->st[ST_EVENTS_AFTER];
-	int rc, ret = 0;
-
-	sqlite3_bind_int64(st, 1, after);
-	sqlite3_bind_int(st, 2, limit);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-		if (fn(sqlite3_column_int64(st, 0),
-		    (const char *)sqlite3_column_text(st, 1), arg) == -1)
-			break;
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		log_error("database: reading events: %s",
-		    sqlite3_errmsg(s->db));
-		ret = -1;
-	}
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-	return ret;
+	sqlite3_bind_int64(s->st[ST_EVENTS_AFTER], 1, after);
+	sqlite3_bind_int(s->st[ST_EVENTS_AFTER], 2, limit);
+	return step_events(s, ST_EVENTS_AFTER, "events", fn, arg);
 }
 
 int
@@ -481,20 +497,7 @@ store_event_secret(struct store *s, int64_t seq, const char *secret)
 int
 store_event_secrets(struct store *s, store_event_fn fn, void *arg)
 {
-	sqlite3_stmt *st = s->st[ST_SECRETS];
-	int rc, ret = 0;
-
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-		if (fn(sqlite3_column_int64(st, 0),
-		    (const char *)sqlite3_column_text(st, 1), arg) == -1)
-			break;
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		log_error("database: reading undelivered codes: %s",
-		    sqlite3_errmsg(s->db));
-		ret = -1;
-	}
-	sqlite3_reset(st);
-	return ret;
+	return step_events(s, ST_SECRETS, "undelivered codes", fn, arg);
 }
 
 int
@@ -547,16 +550,7 @@ store_resv_active(struct store *s, store_row_fn fn, void *arg)
 int64_t
 store_resv_max_id(struct store *s)
 {
-	sqlite3_stmt *st = s->st[ST_RESV_MAX];
-	int64_t max = -1;
-
-	if (sqlite3_step(st) == SQLITE_ROW)
-		max = sqlite3_column_int64(st, 0);
-	else
-		log_error("database: reading reservations: %s",
-		    sqlite3_errmsg(s->db));
-	sqlite3_reset(st);
-	return max;
+	return step_int64(s, ST_RESV_MAX, "reservations");
 }
 
 int
@@ -619,18 +613,8 @@ store_event_resv(struct store *s, int64_t seq, int64_t resv)
 int64_t
 store_resv_last_event(struct store *s, int64_t resv)
 {
-	sqlite3_stmt *st = s->st[ST_RESV_LAST];
-	int64_t seq = -1;
-
-	sqlite3_bind_int64(st, 1, resv);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		seq = sqlite3_column_int64(st, 0);
-	else
-		log_error("database: reading the ledger of reservation %lld: %s",
-		    (long long)resv, sqlite3_errmsg(s->db));
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-	return seq;
+	sqlite3_bind_int64(s->st[ST_RESV_LAST], 1, resv);
+	return step_int64(s, ST_RESV_LAST, "a reservation's ledger");
 }
 
 int

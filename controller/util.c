@@ -50,3 +50,11 @@ util_strlcpy(char *dst, const char *src, size_t len)
 	memcpy(dst, src, n + 1);
 	return 0;
 }
+
+void
+util_printable(char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+			*s = '?';
+}

@@ -11,6 +11,12 @@ int64_t util_mono_ms(void);
 int64_t util_wall_ms(void);
 /* "2026-11-23T10:39:01.123Z" into buf (at least 25 bytes). */
 void util_iso_time(int64_t wall_ms, char *buf, size_t len);
+/*
+ * Replaces every byte outside printable ASCII with '?': for texts that
+ * quote a client's bytes, possibly cut inside a UTF-8 sequence, and must
+ * become a valid one-line JSON string.
+ */
+void util_printable(char *s);
 /* Copies at most len-1 bytes and terminates; returns -1 if truncated. */
 int util_strlcpy(char *dst, const char *src, size_t len);
 

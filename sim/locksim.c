@@ -815,23 +815,34 @@ conn_accept(struct sim *s, int lfd, struct conn *tab, int n, const char *kind)
 	return i;
 }
 
+/* Reads what waits on a client into its buffer; -1 if nothing came or
+ * the client is gone (then closed). */
+static int
+conn_fill(struct sim *s, struct conn *c, const char *what, int slot)
+{
+	ssize_t n;
+
+	n = read(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen);
+	if (n == -1 && (errno == EAGAIN || errno == EINTR))
+		return -1;
+	if (n <= 0) {
+		log_debug(s, "%s client %d gone", what, slot);
+		conn_close(c);
+		return -1;
+	}
+	c->inlen += (size_t)n;
+	return 0;
+}
+
 /* Modbus TCP: MBAP header (tid, protocol 0, length, unit) + PDU. */
 static void
 tcp_dispatch(struct sim *s, int slot)
 {
 	struct conn *c = &s->tcp[slot];
 	unsigned len;
-	ssize_t n;
 
-	n = read(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen);
-	if (n == -1 && (errno == EAGAIN || errno == EINTR))
+	if (conn_fill(s, c, "tcp", slot) == -1)
 		return;
-	if (n <= 0) {
-		log_debug(s, "tcp client %d gone", slot);
-		conn_close(c);
-		return;
-	}
-	c->inlen += (size_t)n;
 	while (c->inlen >= 7) {
 		len = get16(c->in + 4);
 		if (get16(c->in + 2) != 0 || len < 2 || len > MB_ADU_MAX - 6) {
@@ -1356,17 +1367,9 @@ ctl_dispatch(struct sim *s, int slot)
 	struct conn *c = &s->ctl[slot];
 	uint8_t *nl;
 	size_t len;
-	ssize_t n;
 
-	n = read(c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen);
-	if (n == -1 && (errno == EAGAIN || errno == EINTR))
+	if (conn_fill(s, c, "control", slot) == -1)
 		return;
-	if (n <= 0) {
-		log_debug(s, "control client %d gone", slot);
-		conn_close(c);
-		return;
-	}
-	c->inlen += (size_t)n;
 	while (c->fd != -1 &&
 	    (nl = memchr(c->in, '\n', c->inlen)) != NULL) {
 		len = (size_t)(nl - c->in);
@@ -1493,7 +1496,7 @@ ctl_listen(struct sim *s)
 		log_warn("control: %s: path too long", s->ctl_path);
 		return -1;
 	}
-	strcpy(sun.sun_path, s->ctl_path);
+	memcpy(sun.sun_path, s->ctl_path, strlen(s->ctl_path) + 1);
 	if (lstat(s->ctl_path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode)) {
 			log_warn("control: %s exists and is not a socket",

@@ -78,7 +78,7 @@ $(FUZZ_BUILD)/fuzz_board_reply: \
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
 
 $(FUZZ_BUILD)/fuzz_ctl_json: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_ctl_json.c \
-		controller/jsonl.c controller/log.c)
+		controller/jsonl.c controller/log.c controller/util.c)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)

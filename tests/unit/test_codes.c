@@ -382,7 +382,7 @@ cred_fill(struct codes_cred *c, const char *locker, int64_t resv, int cell,
     enum codes_purpose purpose, int64_t not_after)
 {
 	memset(c, 0, sizeof(*c));
-	strcpy(c->locker, locker);
+	snprintf(c->locker, sizeof(c->locker), "%s", locker);
 	c->resv = resv;
 	c->cell = cell;
 	c->purpose = purpose;
@@ -637,7 +637,7 @@ tmp_setup(void **state)
 
 	if (t == NULL)
 		return -1;
-	strcpy(t->dir, "/tmp/test_codes.XXXXXX");
+	snprintf(t->dir, sizeof(t->dir), "%s", "/tmp/test_codes.XXXXXX");
 	if (mkdtemp(t->dir) == NULL) {
 		free(t);
 		return -1;

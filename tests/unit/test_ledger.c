@@ -296,7 +296,8 @@ test_prev_not_linked(void **state)
 		char hex[65];
 		int i;
 
-		strcpy(hex, json_string_value(json_object_get(ev, "prev")));
+		snprintf(hex, sizeof(hex), "%s",
+		    json_string_value(json_object_get(ev, "prev")));
 		for (i = 0; hex[i]; i++)
 			if (hex[i] >= 'a' && hex[i] <= 'f')
 				hex[i] = (char)(hex[i] - 'a' + 'A');
