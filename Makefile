@@ -22,7 +22,8 @@ PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih
 DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
 	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
 	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
-	python3 python3-paho-mqtt python3-jsonschema python3-nacl python3-yaml valgrind
+	python3 python3-paho-mqtt python3-jsonschema python3-nacl python3-yaml valgrind \
+	libfaketime
 
 WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	-Wshadow -Wformat=2
