@@ -22,7 +22,8 @@ PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih
 DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
 	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
 	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
-	python3 python3-paho-mqtt python3-jsonschema python3-nacl python3-yaml valgrind
+	python3 python3-paho-mqtt python3-jsonschema python3-nacl python3-yaml valgrind \
+	libfaketime
 
 WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	-Wshadow -Wformat=2
@@ -63,7 +64,8 @@ BINS := $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/kiosk $(BUILD)/mbping
 
 UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_store $(BUILD)/test_physics $(BUILD)/test_resv \
-	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing
+	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing \
+	$(BUILD)/test_cmd
 
 .PHONY: all deps test check run bench fuzz clean unit integration \
 	_test _bench
@@ -134,6 +136,8 @@ $(BUILD)/test_resv: $(call obj,tests/unit/test_resv.c controller/resv.c controll
 $(BUILD)/test_codes: $(call obj,tests/unit/test_codes.c controller/codes.c controller/log.c controller/util.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 $(BUILD)/test_ledger: $(call obj,tests/unit/test_ledger.c proto/ledger.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+$(BUILD)/test_cmd: $(call obj,tests/unit/test_cmd.c proto/cmd.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 $(BUILD)/test_guessing: $(call obj,tests/unit/test_guessing.c controller/throttle.c controller/resv.c controller/bank.c controller/codes.c controller/log.c controller/util.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka

@@ -155,8 +155,8 @@ ctl_events(struct lockerd *d, json_t *req)
 	return json_pack("{s:b, s:o}", "ok", 1, "events", events);
 }
 
-static json_t *
-resv_json(struct lockerd *d, const struct resv *r)
+json_t *
+ctl_resv_json(struct lockerd *d, const struct resv *r)
 {
 	char when[UTIL_ISO_LEN];
 
@@ -178,7 +178,7 @@ code_reply(struct lockerd *d, struct lockerd_step *s, int slot)
 	json_t *o;
 	int i;
 
-	if ((o = resv_json(d, &d->resv.r[slot])) == NULL)
+	if ((o = ctl_resv_json(d, &d->resv.r[slot])) == NULL)
 		return NULL;
 	json_object_set_new(o, "ok", json_true());
 	for (i = 0; i < s->nissued; i++) {
@@ -262,7 +262,7 @@ ctl_resv_op(struct lockerd *d, const char *op, json_t *req,
 		if ((slot = resv_slot_of_id(&d->resv, id)) == -1)
 			return jsonl_error("reservation %lld is not active",
 			    (long long)id);
-		err = resv_json(d, &d->resv.r[slot]);
+		err = ctl_resv_json(d, &d->resv.r[slot]);
 		json_object_set_new(err, "ok", json_true());
 		return err;
 	}

@@ -247,6 +247,15 @@ end_session(struct lockerd *d, const char *why)
 	d->resv.retrieve_staff[0] = '\0';
 }
 
+void
+kiosk_staff_revoked(struct lockerd *d, const char *id)
+{
+	if (d->session.id[0] == '\0' || strcmp(d->session.id, id) != 0)
+		return;
+	end_session(d, "revoked");
+	kiosk_notice(d, "session_ended", 0, "Staff session ended.");
+}
+
 int64_t
 kiosk_tick(struct lockerd *d)
 {
@@ -280,6 +289,8 @@ login(struct lockerd *d, json_t *req)
 	}
 	rc = staff_valid_id(id) ? staff_get(d->store, d->keys->sign_pk, id,
 	    &st) : 1;
+	if (rc == 0 && st.revoked)
+		rc = 1;
 	if (rc == -1)
 		return refuse("unrecorded", "The staff list cannot be read "
 		    "now.", 0);

@@ -389,6 +389,102 @@ stored_form(const char *text)
 	return s;
 }
 
+static const char *
+field_str(const struct cmd *c, const char *name)
+{
+	return json_string_value(json_object_get(c->obj, name));
+}
+
+/*
+ * The platform assigns a pickup: a cell of the size opens for hall staff
+ * to load the certificate; the pickup code follows on the event stream
+ * when the door closes on it.
+ */
+static json_t *
+cmd_load(struct lockerd *d, const struct cmd *c)
+{
+	const char *who = field_str(c, "staff");
+	struct lockerd_step *s;
+	enum resv_refusal r;
+	struct staff st;
+	json_t *res;
+	int slot = -1, rc;
+
+	rc = staff_get(d->store, d->keys->sign_pk, who, &st);
+	sodium_memzero(st.pin_hash, sizeof(st.pin_hash));
+	if (rc == -1)
+		return refusal("unrecorded", NULL, "the staff list cannot be "
+		    "read");
+	if (rc != 0 || st.revoked)
+		return refusal("refused", "staff", "no such staff account on "
+		    "this locker");
+	if ((s = malloc(sizeof(*s))) == NULL)
+		return NULL;
+	lockerd_step_init(s);
+	r = resv_load(&d->resv, field_str(c, "app"), field_str(c, "size")[0],
+	    who, lockerd_now(), &s->resv, &slot);
+	if (r != RESV_OK)
+		res = refusal("refused", NULL, resv_refusal_str(r));
+	else if (lockerd_run(d, s) == -1)
+		res = refusal("unrecorded", NULL, "the loading could not be "
+		    "recorded; no door was opened");
+	else if ((res = ctl_resv_json(d, &d->resv.r[slot])) != NULL)
+		json_object_set_new(res, "ok", json_true());
+	free(s);
+	return res;
+}
+
+/* Staff accounts from the platform: provisioned or revoked, recorded. */
+static json_t *
+cmd_staff(struct lockerd *d, const struct cmd *c)
+{
+	const char *who = field_str(c, "staff");
+	int add = strcmp(c->op, "staff_add") == 0, rc, existed;
+	struct staff st;
+	json_t *x, *res = NULL;
+
+	rc = staff_get(d->store, d->keys->sign_pk, who, &st);
+	if (rc == -1)
+		return refusal("unrecorded", NULL, "the staff list cannot be "
+		    "read");
+	existed = rc == 0 && !st.revoked;
+	if (!add && rc != 2 && !existed) {
+		sodium_memzero(&st, sizeof(st));
+		return refusal("refused", "staff", "no such staff account on "
+		    "this locker");
+	}
+	if (add) {
+		memset(&st, 0, sizeof(st));
+		util_strlcpy(st.name, field_str(c, "name"), sizeof(st.name));
+		util_strlcpy(st.role, field_str(c, "role"), sizeof(st.role));
+		util_strlcpy(st.pin_hash, field_str(c, "pin_hash"),
+		    sizeof(st.pin_hash));
+		st.created = util_wall_ms();
+	} else if (rc == 2) {
+		/* A row that does not verify is replaced by a revoked one. */
+		memset(&st, 0, sizeof(st));
+		util_strlcpy(st.role, "staff", sizeof(st.role));
+	}
+	util_strlcpy(st.id, who, sizeof(st.id));
+	if ((st.revoked = !add))
+		sodium_memzero(st.pin_hash, sizeof(st.pin_hash));
+	x = json_pack("{s:s, s:s, s:s}", "staff", st.id, "role", st.role, "by",
+	    "platform");
+	if (x != NULL && lockerd_staff_change(d, &st, add ? "staff_added" :
+	    "staff_revoked", x) == 0)
+		res = json_pack("{s:b, s:s, s:s, s:b}", "ok", 1, "staff",
+		    st.id, "role", st.role, add ? "replaced" : "revoked",
+		    add ? existed : 1);
+	else
+		res = refusal("unrecorded", NULL, "the account change could "
+		    "not be recorded");
+	json_decref(x);
+	sodium_memzero(&st, sizeof(st));
+	if (!add && res != NULL && json_is_true(json_object_get(res, "ok")))
+		kiosk_staff_revoked(d, who);
+	return res;
+}
+
 static json_t *
 execute(struct lockerd *d, const struct cmd *c)
 {
@@ -407,7 +503,7 @@ execute(struct lockerd *d, const struct cmd *c)
 		cell = bank_cell_index(&d->bank, (int)json_integer_value(
 		    json_object_get(c->obj, "cell")));
 		if (cell == -1)
-			return refusal("bad_command", "cell", "no such cell in "
+			return refusal("refused", "cell", "no such cell in "
 			    "this locker");
 		memset(&acts, 0, sizeof(acts));
 		br = bank_unlock(&d->bank, cell, "remote", util_mono_ms(),
@@ -422,6 +518,11 @@ execute(struct lockerd *d, const struct cmd *c)
 		return json_pack("{s:b, s:i}", "ok", 1, "cell",
 		    d->cells[cell].number);
 	}
+	if (strcmp(c->op, "load") == 0)
+		return cmd_load(d, c);
+	if (strcmp(c->op, "staff_add") == 0 ||
+	    strcmp(c->op, "staff_revoke") == 0)
+		return cmd_staff(d, c);
 	/* The rest are the control socket's, with the same checks. */
 	if ((req = json_copy(c->obj)) == NULL)
 		return NULL;

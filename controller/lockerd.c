@@ -204,6 +204,36 @@ lockerd_record(struct lockerd *d, const char *type, json_t *extra)
 	return 0;
 }
 
+/*
+ * A staff account provisioned or revoked (type "staff_added" or
+ * "staff_revoked"): the ledger event and the signed row, which carries
+ * that event's seq, in one transaction.
+ */
+int
+lockerd_staff_change(struct lockerd *d, struct staff *st, const char *type,
+    json_t *extra)
+{
+	struct body_arg ba = { d, NULL, NULL, type, util_wall_ms(), extra };
+	int64_t seq;
+
+	if (tx_begin(d) == -1)
+		return -1;
+	if (store_event_append(d->store, ba.wall, type, 0, event_body, &ba,
+	    &seq) == -1 || store_event_staff(d->store, seq, st->id) == -1) {
+		tx_rollback(d);
+		return -1;
+	}
+	st->last_seq = seq;
+	if (staff_write(d->store, d->keys, st) == -1) {
+		tx_rollback(d);
+		return -1;
+	}
+	if (tx_commit(d) == -1)
+		return -1;
+	link_kick(d);
+	return 0;
+}
+
 static int
 save_resv(struct lockerd *d, const struct resv *r)
 {

@@ -109,6 +109,9 @@ void lockerd_step_init(struct lockerd_step *s);
 int lockerd_run(struct lockerd *d, struct lockerd_step *s);
 /* Appends one event of its own (staff log-ins, alarms) in its own tx. */
 int lockerd_record(struct lockerd *d, const char *type, json_t *extra);
+/* A staff account provisioned or revoked: its event and row, one tx. */
+int lockerd_staff_change(struct lockerd *d, struct staff *st,
+    const char *type, json_t *extra);
 /* Reservations, staff: the clock they use (wall ms). */
 int64_t lockerd_now(void);
 /* Feeds waiting board reports into the bank. */
@@ -126,12 +129,16 @@ void link_kick(struct lockerd *d);
 
 /* The operator control socket (ctl.c). */
 json_t *ctl_handle(void *arg, json_t *req);
+/* A reservation as the control socket and the platform see it. */
+json_t *ctl_resv_json(struct lockerd *d, const struct resv *r);
 /* The keypad socket (kiosk.c). */
 json_t *kiosk_handle(void *arg, json_t *req);
 void kiosk_notice(struct lockerd *d, const char *what, int cell,
     const char *show);
 /* Staff session timeout; returns the next deadline (monotonic ms). */
 int64_t kiosk_tick(struct lockerd *d);
+/* A revoked account's keypad session ends at once. */
+void kiosk_staff_revoked(struct lockerd *d, const char *id);
 /* The QR credential for a reservation holding a code, into out. */
 int lockerd_credential(struct lockerd *d, const struct resv *r, char *out,
     size_t outlen);

@@ -62,7 +62,7 @@ staff_check_pin(const struct staff *s, const char *pin)
 }
 
 int
-staff_put(struct store *st, const struct codes_keys *k,
+staff_write(struct store *st, const struct codes_keys *k,
     const struct staff *s)
 {
 	uint8_t sig[CODES_SIG_LEN];
@@ -70,24 +70,30 @@ staff_put(struct store *st, const struct codes_keys *k,
 	json_t *o;
 	int rc = -1;
 
-	o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", s->id, "name",
-	    s->name, "role", s->role, "pin", s->pin_hash, "created",
-	    (json_int_t)s->created);
-	if (o == NULL || custody_row_sign(k, "staff", o, &text, sig) == -1) {
+	o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:b, s:I}", "id", s->id,
+	    "name", s->name, "role", s->role, "pin", s->pin_hash, "created",
+	    (json_int_t)s->created, "revoked", s->revoked, "last_seq",
+	    (json_int_t)s->last_seq);
+	if (o == NULL || custody_row_sign(k, "staff", o, &text, sig) == -1)
 		log_error("staff %s: cannot encode the account", s->id);
-		goto out;
-	}
-	if (store_begin(st) == -1)
-		goto out;
-	if (store_staff_put(st, s->id, text, sig, sizeof(sig)) == -1) {
-		store_rollback(st);
-		goto out;
-	}
-	rc = store_commit(st);
-out:
+	else
+		rc = store_staff_put(st, s->id, text, sig, sizeof(sig));
 	free(text);
 	json_decref(o);
 	return rc;
+}
+
+int
+staff_put(struct store *st, const struct codes_keys *k, struct staff *s)
+{
+	if (store_begin(st) == -1)
+		return -1;
+	if ((s->last_seq = store_staff_last_event(st, s->id)) == -1 ||
+	    staff_write(st, k, s) == -1) {
+		store_rollback(st);
+		return -1;
+	}
+	return store_commit(st);
 }
 
 struct get_arg {
@@ -102,15 +108,16 @@ got_row(const char *key, const char *body, const void *sig, size_t siglen,
 {
 	struct get_arg *g = arg;
 	const char *id, *name, *role, *pin;
-	json_int_t created = 0;
+	json_int_t created = 0, last_seq = 0;
+	int revoked = 0;
 	char why[64];
 	json_t *o;
 
 	o = custody_row_open(g->pk, "staff", body, sig, siglen, why,
 	    sizeof(why));
-	if (o == NULL || json_unpack(o, "{s:s, s:s, s:s, s:s, s:I}", "id", &id,
-	    "name", &name, "role", &role, "pin", &pin, "created",
-	    &created) == -1 || strcmp(id, key) != 0 ||
+	if (o == NULL || json_unpack(o, "{s:s, s:s, s:s, s:s, s:I, s?b, s?I}",
+	    "id", &id, "name", &name, "role", &role, "pin", &pin, "created",
+	    &created, "revoked", &revoked, "last_seq", &last_seq) == -1 || strcmp(id, key) != 0 ||
 	    util_strlcpy(g->out->id, id, sizeof(g->out->id)) == -1 ||
 	    util_strlcpy(g->out->name, name, sizeof(g->out->name)) == -1 ||
 	    util_strlcpy(g->out->role, role, sizeof(g->out->role)) == -1 ||
@@ -122,6 +129,8 @@ got_row(const char *key, const char *body, const void *sig, size_t siglen,
 		g->bad = 1;
 	}
 	g->out->created = created;
+	g->out->revoked = revoked;
+	g->out->last_seq = last_seq;
 	json_decref(o);
 	return 0;
 }
@@ -131,10 +140,23 @@ staff_get(struct store *st, const uint8_t pk[CODES_PK_LEN], const char *id,
     struct staff *out)
 {
 	struct get_arg g = { pk, out, 0 };
+	int64_t last;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
 	rc = store_staff_get(st, id, got_row, &g);
+	if (rc == 0 && !g.bad) {
+		last = store_staff_last_event(st, id);
+		if (last == -1)
+			return -1;
+		if (last != out->last_seq) {
+			log_warn("staff %s: the stored account is from before "
+			    "its newest ledger event (row %lld, ledger %lld); "
+			    "it was put back by hand and is ignored", id,
+			    (long long)out->last_seq, (long long)last);
+			g.bad = 1;
+		}
+	}
 	if (rc == 0 && g.bad) {
 		memset(out, 0, sizeof(*out));
 		return 2;

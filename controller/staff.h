@@ -23,6 +23,9 @@ struct staff {
 	char role[16];                 /* "staff" | "admin" */
 	char pin_hash[STAFF_HASH_MAX]; /* crypto_pwhash_str, Argon2id */
 	int64_t created;
+	int revoked;                   /* kept, so the id cannot come back
+	                                  by a row put back from before */
+	int64_t last_seq;              /* its newest staff_* ledger event */
 };
 
 /* 1-31 of A-Z a-z 0-9 _ . - */
@@ -33,12 +36,21 @@ int staff_hash_pin(const char *pin, char out[STAFF_HASH_MAX]);
 /* 1 if pin matches, 0 if not (constant work either way). */
 int staff_check_pin(const struct staff *s, const char *pin);
 
-/* Writes (or replaces) an account, signed, in its own transaction. */
+/*
+ * Writes (or replaces) an account, signed, in its own transaction, tied
+ * to the account's newest ledger event (the local --add-staff path,
+ * which appends no event of its own).
+ */
 int staff_put(struct store *st, const struct codes_keys *k,
+    struct staff *s);
+/* Writes the row inside the caller's transaction, as s->last_seq says. */
+int staff_write(struct store *st, const struct codes_keys *k,
     const struct staff *s);
 /*
- * Reads and verifies an account: 0 found, 1 no such id, 2 the row does
- * not verify (logged as tampering), -1 database error.
+ * Reads and verifies an account: 0 found (possibly revoked: check
+ * out->revoked), 1 no such id, 2 the row does not verify or is older than
+ * the account's newest ledger event (logged as tampering), -1 database
+ * error.
  */
 int staff_get(struct store *st, const uint8_t pk[CODES_PK_LEN],
     const char *id, struct staff *out);

@@ -22,6 +22,7 @@ enum {
 	ST_SECRET_SET, ST_SECRETS, ST_BODY_SET,
 	ST_RESV_SAVE, ST_RESV_ACTIVE, ST_RESV_MAX,
 	ST_STAFF_PUT, ST_STAFF_GET, ST_EVENT_RESV, ST_RESV_LAST,
+	ST_EVENT_STAFF, ST_STAFF_LAST,
 	ST_OUTBOX, ST_DELIVERED, ST_UNDELIVERED,
 	ST_CMD_GET, ST_CMD_START, ST_CMD_DONE, ST_NONCE_ADD, ST_NONCE_PRUNE,
 	ST_COUNT
@@ -88,6 +89,9 @@ static const char *const sql_text[ST_COUNT] = {
 	    "WHERE delivered = 0",
 	[ST_RESV_LAST] =
 	    "SELECT coalesce(max(seq), 0) FROM events WHERE resv = ?1",
+	[ST_EVENT_STAFF] = "UPDATE events SET staff = ?2 WHERE seq = ?1",
+	[ST_STAFF_LAST] =
+	    "SELECT coalesce(max(seq), 0) FROM events WHERE staff = ?1",
 };
 
 struct store {
@@ -615,6 +619,23 @@ store_resv_last_event(struct store *s, int64_t resv)
 {
 	sqlite3_bind_int64(s->st[ST_RESV_LAST], 1, resv);
 	return step_int64(s, ST_RESV_LAST, "a reservation's ledger");
+}
+
+int
+store_event_staff(struct store *s, int64_t seq, const char *id)
+{
+	sqlite3_stmt *st = s->st[ST_EVENT_STAFF];
+
+	sqlite3_bind_int64(st, 1, seq);
+	sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
+	return step_done(s, ST_EVENT_STAFF);
+}
+
+int64_t
+store_staff_last_event(struct store *s, const char *id)
+{
+	sqlite3_bind_text(s->st[ST_STAFF_LAST], 1, id, -1, SQLITE_TRANSIENT);
+	return step_int64(s, ST_STAFF_LAST, "a staff account's ledger");
 }
 
 int

@@ -99,6 +99,9 @@ int store_nonce_use(struct store *s, const char *nonce, int64_t at,
 int store_event_resv(struct store *s, int64_t seq, int64_t resv);
 /* The newest event about a reservation (0 if none), -1 on error. */
 int64_t store_resv_last_event(struct store *s, int64_t resv);
+/* The same for staff accounts (staff_added / staff_revoked events). */
+int store_event_staff(struct store *s, int64_t seq, const char *id);
+int64_t store_staff_last_event(struct store *s, const char *id);
 /* Rewrites an event's body (sealing events written before signing). */
 int store_event_body(struct store *s, int64_t seq, const char *body);
 

@@ -8,7 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum ftype { F_STR, F_INT, F_BOOL };
+/* F_ONE_OF: chars lists the allowed words, separated by spaces. */
+enum ftype { F_STR, F_INT, F_BOOL, F_ONE_OF, F_PWHASH };
 
 struct field {
 	const char *name;
@@ -19,8 +20,10 @@ struct field {
 };
 
 #define DIGITS "0123456789"
-#define IDCHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" \
-	DIGITS "_.:-"
+#define ALNUM "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" \
+	DIGITS
+#define IDCHARS ALNUM "_.:-"
+#define STAFFCHARS ALNUM "_.-"
 
 /* Common to every command. */
 static const struct field common[] = {
@@ -48,6 +51,20 @@ static const struct field f_resv[] = {
 static const struct field f_cell[] = {
 	{ "cell", F_INT, 1, 1, 999, NULL },
 };
+static const struct field f_load[] = {
+	{ "app", F_STR, 1, 1, 47, NULL },
+	{ "size", F_STR, 1, 1, 1, "SML" },
+	{ "staff", F_STR, 1, 1, 31, STAFFCHARS },
+};
+static const struct field f_staff_add[] = {
+	{ "staff", F_STR, 1, 1, 31, STAFFCHARS },
+	{ "name", F_STR, 1, 1, 63, NULL },
+	{ "role", F_ONE_OF, 1, 1, 16, "staff admin" },
+	{ "pin_hash", F_PWHASH, 1, 1, 127, NULL },
+};
+static const struct field f_staff[] = {
+	{ "staff", F_STR, 1, 1, 31, STAFFCHARS },
+};
 static const struct field f_service[] = {
 	{ "cell", F_INT, 1, 1, 999, NULL },
 	{ "in", F_BOOL, 1, 0, 0, NULL },
@@ -69,6 +86,9 @@ static const struct op {
 	OP("resv", f_resv, 0),
 	OP("service", f_service, 0),
 	OP("open", f_cell, 1),
+	OP("load", f_load, 1),
+	OP("staff_add", f_staff_add, 1),
+	OP("staff_revoke", f_staff, 1),
 #undef OP
 };
 
@@ -76,7 +96,7 @@ const char *
 cmd_ops(void)
 {
 	return "ping, state, rebirth, reserve, cancel, reissue, resv, "
-	    "service, open";
+	    "service, open, load, staff_add, staff_revoke";
 }
 
 static const struct field *
@@ -88,6 +108,89 @@ find(const struct field *f, size_t n, const char *key)
 		if (strcmp(f[i].name, key) == 0)
 			return &f[i];
 	return NULL;
+}
+
+/* A decimal from 1 to max, no leading zero, ending at *end. */
+static int
+param(const char **p, char end, unsigned max)
+{
+	unsigned v = 0;
+	int n = 0;
+
+	if (**p < '1' || **p > '9')
+		return -1;
+	while (**p >= '0' && **p <= '9' && n < 6) {
+		v = v * 10 + (unsigned)(**p - '0');
+		(*p)++;
+		n++;
+	}
+	if (**p != end || v > max)
+		return -1;
+	(*p)++;
+	return 0;
+}
+
+/* A run of base64 characters (no padding) ending at end ('\0' or '$'). */
+static int
+b64run(const char **p, char end)
+{
+	const char *s = *p;
+
+	while (**p != '\0' && strchr(ALNUM "+/", **p) != NULL)
+		(*p)++;
+	if (*p == s || **p != end)
+		return -1;
+	if (end != '\0')
+		(*p)++;
+	return 0;
+}
+
+/*
+ * A PIN hash from the platform: libsodium's Argon2id string with a cost
+ * this board can afford to check at every log-in (at most 64 MiB and 10
+ * passes), "$argon2id$v=19$m=M,t=T,p=1$SALT$HASH".
+ */
+static int
+check_pwhash(const char *s, char *why, size_t whylen)
+{
+	static const char pre[] = "$argon2id$v=19$m=";
+	const char *p = s;
+
+	if (strncmp(p, pre, sizeof(pre) - 1) != 0) {
+		snprintf(why, whylen, "must be an Argon2id hash "
+		    "($argon2id$v=19$m=...)");
+		return -1;
+	}
+	p += sizeof(pre) - 1;
+	if (param(&p, ',', 65536) == -1 || strncmp(p, "t=", 2) != 0 ||
+	    (p += 2, param(&p, ',', 10)) == -1 ||
+	    strncmp(p, "p=1$", 4) != 0) {
+		snprintf(why, whylen, "must have m=1..65536 (KiB), t=1..10 "
+		    "and p=1");
+		return -1;
+	}
+	p += 4;
+	if (b64run(&p, '$') == -1 || b64run(&p, '\0') == -1) {
+		snprintf(why, whylen, "must end in $SALT$HASH (base64)");
+		return -1;
+	}
+	return 0;
+}
+
+static int
+one_of(const char *words, const char *s, size_t len)
+{
+	const char *w = words, *e;
+
+	while (*w != '\0') {
+		e = strchr(w, ' ');
+		if (e == NULL)
+			e = w + strlen(w);
+		if ((size_t)(e - w) == len && memcmp(w, s, len) == 0)
+			return 1;
+		w = *e == ' ' ? e + 1 : e;
+	}
+	return 0;
 }
 
 static int
@@ -115,7 +218,15 @@ check(const struct field *f, json_t *v, char *why, size_t whylen)
 			return -1;
 		}
 		return 0;
+	case F_ONE_OF:
+		if (!json_is_string(v) || !one_of(f->chars,
+		    json_string_value(v), json_string_length(v))) {
+			snprintf(why, whylen, "must be one of: %s", f->chars);
+			return -1;
+		}
+		return 0;
 	case F_STR:
+	case F_PWHASH:
 		if (!json_is_string(v)) {
 			snprintf(why, whylen, "must be a string");
 			return -1;
@@ -134,6 +245,8 @@ check(const struct field *f, json_t *v, char *why, size_t whylen)
 				    "[%s]", f->chars);
 				return -1;
 			}
+		if (f->type == F_PWHASH)
+			return check_pwhash(s, why, whylen);
 		return 0;
 	}
 	return -1;

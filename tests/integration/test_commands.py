@@ -4,6 +4,7 @@ stored reply sent again, expiry, and signed remote open (signature,
 timestamp window, nonce never seen twice), refusals raising alarms."""
 
 import json
+import sqlite3
 import time
 
 import nacl.encoding
@@ -194,3 +195,145 @@ def test_unknown_outcome_after_a_crash_is_not_rerun():
     assert r["ok"] is False and r["error"] == "unknown_outcome", r
     time.sleep(0.3)
     assert not lk.find_events("dropoff_reserved", after=seq)
+
+
+# ---------------------------------------------------------------------------
+# Staff accounts and pickups assigned by the platform (signed commands).
+
+STAFF_PIN = "246810"
+
+
+def _pin_hash(pin=STAFF_PIN):
+    import nacl.pwhash
+    return nacl.pwhash.argon2id.str(pin.encode(), opslimit=3,
+                                    memlimit=8 << 20).decode()
+
+
+def _start_keypad():
+    """Broker, platform, locksim and lockerd with the keypad socket."""
+    broker = Mosquitto()
+    plat = Platform(broker)
+    sim = Locksim()
+    extra = harness.custody_extra()
+    extra.update(mqtt_extra(broker, platform_key=PK_HEX))
+    lk = Lockerd(config(sim, extra=extra))
+    lk.wait_event("started", timeout=5)
+    wait_for(lambda: plat.on("status"), 5, what="the birth")
+    return broker, plat, sim, lk, harness.kiosk(lk)
+
+
+def test_staff_provisioned_and_revoked_by_signed_command():
+    broker, plat, sim, lk, kc = _start_keypad()
+    seq0 = lk.last_seq()
+    # Refused: unsigned, a hash this board could not afford, a bad role.
+    bad = [
+        (dict(staff="bob", name="Bob B", role="staff", pin_hash=_pin_hash()), False, "ts"),
+        (dict(staff="bob", name="Bob B", role="staff",
+              pin_hash=_pin_hash().replace("m=8192", "m=65537")), True, "pin_hash"),
+        (dict(staff="bob", name="Bob B", role="staff",
+              pin_hash=_pin_hash().replace("argon2id", "argon2i")), True, "pin_hash"),
+        (dict(staff="bob", name="Bob B", role="boss", pin_hash=_pin_hash()), True, "role"),
+        (dict(staff="bob b", name="Bob B", role="staff", pin_hash=_pin_hash()), True, "staff"),
+    ]
+    for fields, sign, field in bad:
+        r = _reply(plat, _cmd(plat, "staff_add", sign=sign, **fields))
+        assert r["ok"] is False and r["error"] == "bad_command" and r["field"] == field, \
+            (field, r)
+    assert kc.login("bob", STAFF_PIN).get("error") == "bad_login"
+
+    rid = _cmd(plat, "staff_add", sign=True, staff="bob", name="Bob B", role="staff",
+               pin_hash=_pin_hash())
+    r = _reply(plat, rid)
+    assert r["ok"] is True and r["staff"] == "bob" and r["replaced"] is False, r
+    added = lk.wait_event("staff_added", after=seq0)
+    assert added["staff"] == "bob" and added["role"] == "staff" and added["by"] == "platform", \
+        added
+    assert "pin" not in json.dumps(added), f"the ledger must not carry the PIN hash: {added}"
+    ev = [e for e in plat.wait_events(added["seq"]) if e["seq"] == added["seq"]]
+    assert ev and ev[0]["type"] == "staff_added", ev
+    # The account works at the keypad.
+    rep = kc.login("bob", STAFF_PIN)
+    assert rep.get("ok") is True and rep.get("name") == "Bob B", rep
+
+    # Revoked while logged in: the session ends at once, the log-in fails.
+    con = sqlite3.connect(lk.db_path)
+    before = con.execute("SELECT body, sig FROM staff WHERE id = 'bob'").fetchone()
+    con.close()
+    m0 = kc.mark()
+    rid = _cmd(plat, "staff_revoke", sign=True, staff="bob")
+    r = _reply(plat, rid)
+    assert r["ok"] is True and r["revoked"] is True, r
+    kc.wait_notice("session_ended", since=m0)
+    out = lk.wait_event("staff_logout", after=added["seq"])
+    assert out["staff"] == "bob" and out["why"] == "revoked", out
+    lk.wait_event("staff_revoked", after=added["seq"], staff="bob")
+    assert kc.login("bob", STAFF_PIN).get("error") == "bad_login"
+    r = _reply(plat, _cmd(plat, "staff_revoke", sign=True, staff="bob"))
+    assert r["ok"] is False and r["error"] == "refused" and r["field"] == "staff", r
+
+    # The account's row from before the revocation, put back by hand: it
+    # is signed by this locker, but older than the ledger says.
+    lk.stop()
+    con = sqlite3.connect(lk.db_path)
+    con.execute("UPDATE staff SET body = ?, sig = ? WHERE id = 'bob'", before)
+    con.commit()
+    con.close()
+    lk.start()
+    kc = harness.kiosk(lk)
+    assert kc.login("bob", STAFF_PIN).get("error") == "bad_login"
+    with open(lk.log_path, errors="replace") as f:
+        assert "put back by hand" in f.read()
+    # Signed provisioning again brings the account back (a decision of
+    # the platform, in the ledger).
+    r = _reply(plat, _cmd(plat, "staff_add", sign=True, staff="bob", name="Bob B",
+                          role="admin", pin_hash=_pin_hash("13579135")))
+    assert r["ok"] is True and r["role"] == "admin", r
+    assert kc.login("bob", "13579135").get("role") == "admin"
+    assert harness.verify_ledger(lk).returncode == 0
+
+
+def test_platform_assigns_a_pickup():
+    broker, plat, sim, lk, kc = _start_keypad()
+    assert _reply(plat, _cmd(plat, "staff_add", sign=True, staff="carol", name="Carol C",
+                             role="staff", pin_hash=_pin_hash()))["ok"] is True
+    # Unsigned, or for someone who is not staff here: refused, no door.
+    n0, seq0 = sim.last_write_n(), lk.last_seq()
+    r = _reply(plat, _cmd(plat, "load", app="A-40", size="M", staff="carol"))
+    assert r["error"] == "bad_command" and r["field"] == "ts", r
+    r = _reply(plat, _cmd(plat, "load", sign=True, app="A-40", size="M", staff="mallory"))
+    assert r["ok"] is False and r["error"] == "refused" and r["field"] == "staff", r
+    harness.assert_no_unlock(sim, n0, settle=0.3, what="a refused load")
+    assert not lk.find_events("load_started", after=seq0)
+
+    rid = _cmd(plat, "load", sign=True, app="A-40", size="S", staff="carol")
+    r = _reply(plat, rid)
+    assert r["ok"] is True and r["kind"] == "pickup" and r["state"] == "loading" \
+        and r["app"] == "A-40" and r["staff"] == "carol", r
+    cell, resv = r["cell"], r["resv"]
+    sim.wait_write(harness.unlock_write_pred(cell), after=n0, what=f"relay of cell {cell}")
+    u = lk.wait_event("unlock", cell=cell, after=seq0)
+    assert u["reason"] == "staff_load", u
+    lk.wait_event("door_opened", cell=cell, after=seq0, timeout=3)
+    # Staff put the certificate in and close the door: the pickup code
+    # reaches the platform once, on the event stream.
+    harness.close_door(sim, cell)
+    ready = lk.wait_event("pickup_ready", cell=cell, after=seq0, resv=resv)
+    issued = lk.find_events("code_issued", resv=resv)
+    assert len(issued) == 1
+    seen = [e for e in plat.wait_events(ready["seq"]) if e["seq"] == issued[0]["seq"]]
+    code = seen[0].get("code")
+    assert isinstance(code, str) and len(code) == 10, seen
+    # The applicant collects with it.
+    seq1, n1 = lk.last_seq(), sim.last_write_n()
+    rep = kc.code(code)
+    assert rep.get("ok") is True and rep.get("cell") == cell and rep.get("purpose") == "pickup", rep
+    sim.wait_write(harness.unlock_write_pred(cell), after=n1, what=f"relay of cell {cell}")
+    lk.wait_event("door_opened", cell=cell, after=seq1, timeout=3)
+    harness.close_door(sim, cell)
+    lk.wait_event("collected", cell=cell, after=seq1, resv=resv)
+    # A second identical delivery of the load command runs nothing again.
+    _cmd(plat, "load", request_id=rid, sign=True, app="A-40", size="S", staff="carol")
+    again = _reply(plat, rid, n=2)
+    assert again["resv"] == resv, again
+    time.sleep(0.3)
+    assert len(lk.find_events("load_started", resv=resv)) == 1
