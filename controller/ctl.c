@@ -159,15 +159,25 @@ json_t *
 ctl_resv_json(struct lockerd *d, const struct resv *r)
 {
 	char when[UTIL_ISO_LEN];
+	json_t *o;
 
-	util_iso_time(r->valid_until, when, sizeof(when));
-	return json_pack("{s:I, s:s, s:s, s:i, s:s, s:s, s:s, s:b}",
+	o = json_pack("{s:I, s:s, s:s, s:i, s:s, s:b}",
 	    "resv", (json_int_t)r->id,
 	    "kind", r->kind == RESV_DROPOFF ? "dropoff" : "pickup",
 	    "state", resv_state_name(r->state),
 	    "cell", d->cells[r->cell].number, "app", r->app,
-	    r->kind == RESV_DROPOFF ? "valid_until" : "due", when,
-	    "staff", r->staff, "cancelled", r->cancelled);
+	    "cancelled", r->cancelled);
+	if (o == NULL)
+		return NULL;
+	/* A pickup has its due time once it is loaded, not before. */
+	if (r->valid_until != 0) {
+		util_iso_time(r->valid_until, when, sizeof(when));
+		json_object_set_new(o, r->kind == RESV_DROPOFF ?
+		    "valid_until" : "due", json_string(when));
+	}
+	if (r->staff[0] != '\0')
+		json_object_set_new(o, "staff", json_string(r->staff));
+	return o;
 }
 
 /* The reply that hands a new code over: the only place it is shown. */

@@ -448,11 +448,15 @@ cmd_staff(struct lockerd *d, const struct cmd *c)
 		return refusal("unrecorded", NULL, "the staff list cannot be "
 		    "read");
 	existed = rc == 0 && !st.revoked;
-	if (!add && rc != 2 && !existed) {
+	if (!add && rc == 0 && st.revoked) {
+		/* Done before (a retry under a new request id): said so. */
 		sodium_memzero(&st, sizeof(st));
+		return json_pack("{s:b, s:s, s:b, s:b}", "ok", 1, "staff", who,
+		    "revoked", 1, "already", 1);
+	}
+	if (!add && rc == 1)
 		return refusal("refused", "staff", "no such staff account on "
 		    "this locker");
-	}
 	if (add) {
 		memset(&st, 0, sizeof(st));
 		util_strlcpy(st.name, field_str(c, "name"), sizeof(st.name));

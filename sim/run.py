@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The main job: lockerd on its built-in default against locksim.
+"""The main job: lockerd on its built-in default against locksim, with a
+local MQTT broker playing the platform's side.
 
   make run                      (what the README's first command runs)
   python3 sim/run.py send SOCKET LINE
@@ -7,14 +8,22 @@
                                 control socket, locksim's control socket)
                                 and print the one-line reply
 
-Starts locksim with two boards (unit 1 generic-16, unit 2
-waveshare-relay-d: 24 cells of sizes S, M and L) in automatic-person mode
-on 127.0.0.1:1502 (or a free port if 1502 is taken), then lockerd on its
-built-in default configuration, with its state under build/run/. Ctrl-C
-stops both and leaves nothing running.
+Starts, all on the loopback interface and with their files under
+build/run/:
+  * mosquitto on a free port (its own configuration, run as you);
+  * locksim with two boards (unit 1 generic-16, unit 2 waveshare-relay-d:
+    24 cells of sizes S, M and L) in automatic-person mode on 127.0.0.1:1502
+    (or a free port if 1502 is taken);
+  * lockerd on its built-in default configuration, pointed at that broker
+    and trusting the platform key build/run/platform.key (made by
+    `sim/lockerctl keygen` on the first run); its keys and database are
+    created under build/run/lockerd-state on the first start.
+Prints what to try next; Ctrl-C stops everything and leaves nothing
+running. sim/demo.py uses the same Stack.
 """
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -22,6 +31,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = "/usr/bin/python3"
 
 
 def send(path, line):
@@ -58,83 +68,203 @@ def free_port():
     return port
 
 
-def wait_file(path, timeout):
+def wait_until(pred, timeout):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if os.path.exists(path):
+        if pred():
             return True
         time.sleep(0.05)
     return False
 
 
-def main():
-    build = os.environ.get("BUILD", os.path.join(ROOT, "build"))
-    if len(sys.argv) > 1 and sys.argv[1] == "--build":
-        build = os.path.abspath(sys.argv[2])
-    run = os.path.join(build, "run")
-    os.makedirs(run, exist_ok=True)
-    sim_sock = os.path.join(run, "locksim.sock")
-    ctl_sock = os.path.join(run, "lockerd.sock")
-    ready = os.path.join(run, "locksim.ready")
-    if os.path.exists(ready):
-        os.unlink(ready)
-    port = 1502 if port_free(1502) else free_port()
-    procs = []
+def listening(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
-    def stop(*_):
-        for p in reversed(procs):
+
+class StackError(Exception):
+    pass
+
+
+class Stack:
+    """mosquitto + locksim + lockerd, started in that order, stopped in
+    the reverse order. Paths are relative to the working directory in
+    what it prints, so the commands can be pasted."""
+
+    def __init__(self, build, run_dir=None, auto=True, quiet=False):
+        self.build = build
+        self.run = run_dir or os.path.join(build, "run")
+        os.makedirs(self.run, exist_ok=True)
+        self.auto = auto
+        self.quiet = quiet
+        self.procs = []
+        self.sim_sock = os.path.join(self.run, "locksim.sock")
+        self.ctl_sock = os.path.join(self.run, "lockerd.sock")
+        self.state = os.path.join(self.run, "lockerd-state")
+        self.kiosk_sock = os.path.join(self.state, "kiosk.sock")
+        self.key = os.path.join(self.run, "platform.key")
+        self.lockerctl = os.path.join(ROOT, "sim", "lockerctl")
+        self.kiosk = os.path.join(build, "kiosk")
+        self.mqtt_port = free_port()
+        self.sim_port = 1502 if port_free(1502) else free_port()
+
+    def _spawn(self, argv, log):
+        out = open(os.path.join(self.run, log), "ab")
+        p = subprocess.Popen(argv, cwd=self.run, stdout=out,
+                             stderr=subprocess.STDOUT if self.quiet else None,
+                             start_new_session=False)
+        out.close()
+        self.procs.append(p)
+        return p
+
+    def _mosquitto(self):
+        d = os.path.join(self.run, "mosquitto")
+        os.makedirs(d, exist_ok=True)
+        conf = os.path.join(d, "mosquitto.conf")
+        with open(conf, "w") as f:
+            # Run as whoever runs this (as root mosquitto would drop to
+            # user "mosquitto", who cannot write here).
+            f.write(f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+                    f"listener {self.mqtt_port} 127.0.0.1\n"
+                    "allow_anonymous true\n"
+                    "persistence true\n"
+                    f"persistence_location {d}/\n"
+                    f"log_dest file {d}/mosquitto.log\n")
+        p = self._spawn(["mosquitto", "-c", conf], "mosquitto.out")
+        if not wait_until(lambda: listening(self.mqtt_port) or p.poll() is not None, 10) \
+                or p.poll() is not None:
+            raise StackError(f"mosquitto did not start; see {d}/mosquitto.log")
+
+    def pubkey(self):
+        if not os.path.exists(self.key):
+            subprocess.run([PYTHON, self.lockerctl, "--key", self.key, "keygen"],
+                           check=True, stdout=subprocess.DEVNULL)
+        r = subprocess.run([PYTHON, self.lockerctl, "--key", self.key, "pubkey"],
+                           check=True, capture_output=True, text=True)
+        return r.stdout.strip()
+
+    def start(self):
+        ready = os.path.join(self.run, "locksim.ready")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        self._mosquitto()
+        argv = [os.path.join(self.build, "locksim"), "--tcp", str(self.sim_port),
+                "--board", "1:generic-16", "--board", "2:waveshare-relay-d",
+                "--control", self.sim_sock, "--ready-file", ready]
+        if self.auto:
+            argv.append("--auto")
+        p = self._spawn(argv, "locksim.out")
+        if not wait_until(lambda: os.path.exists(ready) or p.poll() is not None, 10) \
+                or p.poll() is not None:
+            raise StackError("locksim did not start")
+        args = [os.path.join(self.build, "lockerd"),
+                "--set", f"control.socket={self.ctl_sock}",
+                "--set", "mqtt.host=127.0.0.1",
+                "--set", f"mqtt.port={self.mqtt_port}",
+                "--set", f"mqtt.platform_key={self.pubkey()}"]
+        if self.sim_port != 1502:
+            args += ["--set", f"bus sim.port={self.sim_port}"]
+        p = self._spawn(args, "lockerd.out")
+        if not wait_until(lambda: (os.path.exists(self.ctl_sock) and
+                                   os.path.exists(self.kiosk_sock)) or p.poll() is not None, 10) \
+                or p.poll() is not None:
+            raise StackError("lockerd did not start; see "
+                             f"{os.path.relpath(os.path.join(self.run, 'lockerd.out'))}")
+        return self
+
+    def locker_key(self):
+        """The locker's public key (for verifying its event chain)."""
+        r = subprocess.run([os.path.join(self.build, "lockerd"), "--public-key"],
+                           cwd=self.run, check=True, capture_output=True, text=True)
+        return r.stdout.strip()
+
+    def ctl_argv(self):
+        """How to call lockerctl against this stack."""
+        return [PYTHON, self.lockerctl, "--port", str(self.mqtt_port), "--key", self.key]
+
+    def kiosk_argv(self):
+        return [self.kiosk, "-s", self.kiosk_sock]
+
+    def dead(self):
+        return [p for p in self.procs if p.poll() is not None]
+
+    def stop(self):
+        for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
+        for p in reversed(self.procs):
             try:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        print("\nstopped lockerd and locksim.")
+        self.procs = []
+
+
+def rel(path):
+    return os.path.relpath(path)
+
+
+def main():
+    build = os.environ.get("BUILD", os.path.join(ROOT, "build"))
+    if len(sys.argv) > 2 and sys.argv[1] == "--build":
+        build = os.path.abspath(sys.argv[2])
+    stack = Stack(build)
+
+    def stop(*_):
+        stack.stop()
+        print("\nstopped lockerd, locksim and mosquitto.")
         sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    procs.append(subprocess.Popen(
-        [os.path.join(build, "locksim"), "--tcp", str(port),
-         "--board", "1:generic-16", "--board", "2:waveshare-relay-d",
-         "--auto", "--control", sim_sock, "--ready-file", ready]))
-    if not wait_file(ready, 10):
-        print("locksim did not start", file=sys.stderr)
-        stop()
-    args = [os.path.join(build, "lockerd"), "--set", f"control.socket={ctl_sock}"]
-    if port != 1502:
-        args += ["--set", f"bus sim.port={port}"]
-    procs.append(subprocess.Popen(args, cwd=run))
-    if not wait_file(ctl_sock, 10):
-        print("lockerd did not start", file=sys.stderr)
-        stop()
-    me = os.path.relpath(__file__)
+    try:
+        stack.start()
+    except (StackError, subprocess.CalledProcessError) as e:
+        print(f"run: {e}", file=sys.stderr)
+        stack.stop()
+        sys.exit(1)
+    ctl = " ".join([rel(stack.lockerctl), "--port", str(stack.mqtt_port), "--key",
+                    rel(stack.key)])
+    kiosk = f"{rel(stack.kiosk)} -s {rel(stack.kiosk_sock)}"
+    me = rel(__file__)
     print(f"""
-lockerd is running on its built-in default (24 cells on two simulated
-boards, locksim on 127.0.0.1:{port}, automatic person on), state in
-{os.path.relpath(run)}/lockerd-state. In another terminal, try:
+lockerd is running on its built-in default: locker "demo-locker", 24 cells
+on two simulated boards (locksim on 127.0.0.1:{stack.sim_port}, automatic
+person on: it fills or empties a cell that springs open and closes it),
+the platform link to mosquitto on 127.0.0.1:{stack.mqtt_port}, state in
+{rel(stack.state)}. In another terminal, try:
 
-  python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"reserve","app":"A-1","size":"M"}}'
-        (the platform's part: a drop-off cell and its code)
-  {os.path.relpath(os.path.join(build, "kiosk"))} -s {os.path.relpath(os.path.join(run, "lockerd-state", "kiosk.sock"))} code CODE
+  {ctl} watch
+        (the platform's view: status, cells, the event stream)
+  {ctl} reserve A-2026-0001 M
+        (the platform reserves a drop-off cell; prints the SMS with the code)
+  {kiosk} code CODE
         (the applicant at the keypad: the cell opens, the automatic person
-         puts the documents in and closes it)
-  python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"open","cell":3}}'
-  python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"state"}}'
-  python3 {me} send {os.path.relpath(ctl_sock)} '{{"op":"events","after":0}}'
-  python3 {me} send {os.path.relpath(sim_sock)} 'force 1 5'      (a forced door)
-  python3 {me} send {os.path.relpath(sim_sock)} 'offline 2 on'   (a dead board)
+         puts the documents in and closes the door: "deposited")
+  {ctl} staff-add clerk1 --name "Hall clerk" --pin 135790
+  {kiosk} login clerk1 135790
+  {kiosk} retrieve
+        (hall staff take the documents out)
+  {ctl} load A-2026-0001 S --staff clerk1 --wait
+        (the platform assigns a pickup; the certificate goes in; the pickup
+         SMS follows)
+  {ctl} state
+  python3 {me} send {rel(stack.sim_sock)} 'force 1 5'      (a forced door)
+  python3 {me} send {rel(stack.sim_sock)} 'offline 2 on'   (a dead board)
 
-Ctrl-C stops everything.
+Or the whole day at once: make demo. Ctrl-C stops everything.
 """, flush=True)
     while True:
-        for p in procs:
-            if p.poll() is not None:
-                print(f"{p.args[0]} exited with status {p.returncode}",
-                      file=sys.stderr)
-                stop()
+        dead = stack.dead()
+        if dead:
+            for p in dead:
+                print(f"{p.args[0]} exited with status {p.returncode}", file=sys.stderr)
+            stack.stop()
+            sys.exit(1)
         time.sleep(0.5)
 
 

@@ -268,7 +268,14 @@ def test_staff_provisioned_and_revoked_by_signed_command():
     assert out["staff"] == "bob" and out["why"] == "revoked", out
     lk.wait_event("staff_revoked", after=added["seq"], staff="bob")
     assert kc.login("bob", STAFF_PIN).get("error") == "bad_login"
+    # Revoked again under a new request id (a platform retry): done
+    # already, said so, nothing recorded twice; an unknown id is refused.
+    seq1 = lk.last_seq()
     r = _reply(plat, _cmd(plat, "staff_revoke", sign=True, staff="bob"))
+    assert r["ok"] is True and r.get("already") is True, r
+    time.sleep(0.2)
+    assert not lk.find_events("staff_revoked", after=seq1)
+    r = _reply(plat, _cmd(plat, "staff_revoke", sign=True, staff="nobody"))
     assert r["ok"] is False and r["error"] == "refused" and r["field"] == "staff", r
 
     # The account's row from before the revocation, put back by hand: it
@@ -309,6 +316,7 @@ def test_platform_assigns_a_pickup():
     r = _reply(plat, rid)
     assert r["ok"] is True and r["kind"] == "pickup" and r["state"] == "loading" \
         and r["app"] == "A-40" and r["staff"] == "carol", r
+    assert "due" not in r, f"a pickup has no due time before it is loaded: {r}"
     cell, resv = r["cell"], r["resv"]
     sim.wait_write(harness.unlock_write_pred(cell), after=n0, what=f"relay of cell {cell}")
     u = lk.wait_event("unlock", cell=cell, after=seq0)
