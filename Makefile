@@ -63,7 +63,8 @@ BINS := $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/kiosk $(BUILD)/mbping
 
 UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_store $(BUILD)/test_physics $(BUILD)/test_resv \
-	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing
+	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing \
+	$(BUILD)/test_cmd
 
 .PHONY: all deps test check run bench fuzz clean unit integration \
 	_test _bench
@@ -136,6 +137,9 @@ $(BUILD)/test_codes: $(call obj,tests/unit/test_codes.c controller/codes.c contr
 $(BUILD)/test_ledger: $(call obj,tests/unit/test_ledger.c proto/ledger.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 $(BUILD)/test_guessing: $(call obj,tests/unit/test_guessing.c controller/throttle.c controller/resv.c controller/bank.c controller/codes.c controller/log.c controller/util.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+# The codec against the table the contract test runs through the schemas.
+$(BUILD)/test_cmd: $(call obj,tests/unit/test_cmd.c proto/cmd.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
 # The test targets install what they need first, then re-enter make so that
