@@ -137,6 +137,7 @@ $(BUILD)/test_codes: $(call obj,tests/unit/test_codes.c controller/codes.c contr
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 $(BUILD)/test_ledger: $(call obj,tests/unit/test_ledger.c proto/ledger.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+# The codec against the table the contract test runs through the schemas.
 $(BUILD)/test_cmd: $(call obj,tests/unit/test_cmd.c proto/cmd.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 $(BUILD)/test_guessing: $(call obj,tests/unit/test_guessing.c controller/throttle.c controller/resv.c controller/bank.c controller/codes.c controller/log.c controller/util.c)

@@ -36,7 +36,7 @@ static const struct field common[] = {
 static const struct field envelope[] = {
 	{ "ts", F_INT, 1, 0, INT64_MAX / 2, NULL },
 	{ "nonce", F_STR, 1, 16, 64, IDCHARS },
-	{ "sig", F_STR, 1, 86, 86, NULL },
+	{ "sig", F_STR, 1, 86, 86, ALNUM "_-" },
 };
 
 static const struct field f_reserve[] = {

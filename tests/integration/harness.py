@@ -1208,9 +1208,15 @@ class Platform:
     """The platform's side of the link, as a test sees it: a persistent
     MQTT session subscribed to lockers/<id>/#, recording every message."""
 
+    _sessions = 0
+
     def __init__(self, broker, locker="test-locker", prefix="lockers", client_id=None):
         import paho.mqtt.client as mqtt
         _register(self)
+        # Names this client's records in the capture, so that the contract
+        # test pairs each command with the reply this client saw.
+        Platform._sessions += 1
+        self.session = f"{os.getpid()}.{Platform._sessions}"
         self.broker = broker
         self.prefix = f"{prefix}/{locker}"
         self.lock = __import__("threading").Lock()
@@ -1237,9 +1243,14 @@ class Platform:
             # For the contract test: everything any test's platform saw.
             cap = os.path.join(build_dir(), "contract", "messages.jsonl")
             if os.path.isdir(os.path.dirname(cap)):
+                rec = {"topic": msg.topic, "retain": bool(msg.retain),
+                       "payload": msg.payload.decode(errors="replace"), "session": self.session}
+                try:
+                    msg.payload.decode()
+                except UnicodeDecodeError:
+                    rec["payload_hex"] = msg.payload.hex()
                 with open(cap, "a") as f:
-                    f.write(json.dumps({"topic": msg.topic, "retain": bool(msg.retain),
-                                        "payload": msg.payload.decode(errors="replace")}) + "\n")
+                    f.write(json.dumps(rec) + "\n")
 
     def on(self, sub):
         t = f"{self.prefix}/{sub}"
