@@ -19,11 +19,52 @@ comparison alike. Figures:
                         of 10 s windows over BENCH_IDLE_S (default 60 s).
   idle_wakeups_per_s    context switches per second over the same run.
   idle_rss_kib          resident memory at the end of the idle run.
+  outbox_drain_events_per_s
+                        how fast a backlog left by a broker outage reaches
+                        the platform. One state directory (database + device
+                        key) is built with >= BENCH_DRAIN_EVENTS (default
+                        10,000) undelivered ledger events: lockerd runs with
+                        [mqtt] pointing at a port where no broker listens
+                        while reserve + cancel cycles on the control socket
+                        make 3 signed events each; it is stopped before the
+                        directory is copied. Each of BENCH_DRAIN_RUNS
+                        (default 3) runs starts lockerd on a fresh copy,
+                        with a fresh broker and a platform subscriber
+                        already subscribed; the clock runs from the arrival
+                        of lockerd's birth message (connected, the replay
+                        starts) to that of the last of events 1..N, all of
+                        which must arrive, first copies in seq order. Each
+                        event is a QoS 1 publish and, on its PUBACK, a
+                        durable commit marking it delivered. The median
+                        and the worst run of N / that time (a p99 of three
+                        runs would be the best one), with lockerd's, the
+                        broker's and the subscriber's CPU seconds over the
+                        drain, for the default window ([mqtt] inflight 32)
+                        and, in the same runs,
+  outbox_drain_inflight1_events_per_s
+                        one event in flight at a time: what the window
+                        buys (window_gain is the ratio of the medians).
+  reserve_rtt_ms        a reserve command over MQTT: publish on
+                        lockers/<id>/cmd -> the reply with its request_id
+                        received on .../reply, through the broker both ways
+                        and the platform's paho client. Contains three
+                        durable commits (the commands row started, the
+                        reservation with its signed events, the reply
+                        stored). Each reservation is then cancelled
+                        (untimed) and its events let through. Median and
+                        p99 of BENCH_RESERVE_N (default 200) samples; the
+                        same op on the control socket is given alongside.
+
+For both MQTT figures the broker (set_tcp_nodelay) and the platform's
+client send without Nagle's delay, so that only lockerd's own socket
+options show. BENCH_ONLY=drain,reserve (or modbus, idle, codes) runs a
+subset; make bench runs everything.
 """
 
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,12 +81,14 @@ def pct(values, p):
     return s[k]
 
 
-def emit(name, values=None, unit="ms", **extra):
+def emit(name, values=None, unit=None, **extra):
     rec = {"bench": name}
     if values is not None:
         rec.update({"median": round(statistics.median(values), 3),
                     "p99": round(pct(values, 99), 3),
-                    "min": round(min(values), 3), "n": len(values), "unit": unit})
+                    "min": round(min(values), 3), "n": len(values), "unit": unit or "ms"})
+    elif unit is not None:
+        rec["unit"] = unit
     rec.update(extra)
     print(json.dumps(rec), flush=True)
     return rec
@@ -155,16 +198,280 @@ def bench_idle(seconds, window=10):
         H.end_test(False)
 
 
+# The broker and the platform's client send at once (TCP_NODELAY): with
+# Nagle's algorithm a small packet sent while an earlier one awaits its ACK
+# waits for the peer's delayed ACK, about 40 ms on Linux, and that would
+# hide lockerd's own figures (mosquitto's set_tcp_nodelay is off unless set).
+BROKER_CONF = "set_tcp_nodelay true\n"
+
+
+class Subscriber:
+    """The platform's side for the MQTT figures: a paho client subscribed
+    at QoS 1 to lockers/<locker>/# before lockerd connects, stamping what
+    arrives with CLOCK_MONOTONIC in its network thread: the birth, ledger
+    events (first copy of each seq, in arrival order), replies by
+    request_id. A lighter cousin of harness.Platform, which keeps every
+    message and is polled."""
+
+    def __init__(self, broker, locker="test-locker", expect=0):
+        import threading
+        import paho.mqtt.client as mqtt
+        H._register(self)
+        self.prefix = f"lockers/{locker}"
+        self.cv = threading.Condition()
+        self.birth = None            # monotonic time of the first birth
+        self.expect = expect         # events 1..expect must all arrive
+        self.seen = set()
+        self.order = []              # first copies, arrival order
+        self.dupes = 0
+        self.have = 0                # distinct seqs in 1..expect
+        self.done = None             # when the last of them arrived
+        self.replies = {}            # request_id -> (time, body)
+        self.cancelled = set()       # resv ids of cancelled events seen
+        self.c = mqtt.Client(client_id=f"bench-{os.getpid()}-{id(self)}",
+                             clean_session=True)
+        self.c.on_connect = lambda c, u, f, rc: c.subscribe(self.prefix + "/#", qos=1)
+        self.c.on_subscribe = self._on_subscribe
+        self.c.on_message = self._on_message
+        self.subscribed = False
+        self.c.connect("127.0.0.1", broker.port, keepalive=30)
+        self.c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.c.loop_start()
+        with self.cv:
+            if not self.cv.wait_for(lambda: self.subscribed, 5):
+                raise H.HarnessError("bench subscriber: no SUBACK within 5 s")
+
+    def _on_subscribe(self, c, userdata, mid, granted):
+        with self.cv:
+            self.subscribed = True
+            self.cv.notify_all()
+
+    def _on_message(self, c, userdata, msg):
+        t = time.monotonic()
+        sub = msg.topic[len(self.prefix) + 1:]
+        if sub not in ("events", "status", "reply"):
+            return
+        body = json.loads(msg.payload)
+        with self.cv:
+            if sub == "events":
+                seq = body["seq"]
+                if seq in self.seen:
+                    self.dupes += 1
+                    return
+                self.seen.add(seq)
+                self.order.append(seq)
+                if body.get("type") == "cancelled":
+                    self.cancelled.add(body.get("resv"))
+                if 1 <= seq <= self.expect:
+                    self.have += 1
+                    if self.have == self.expect:
+                        self.done = t
+            elif sub == "status":
+                if body.get("online") and self.birth is None:
+                    self.birth = t
+            else:
+                self.replies[body.get("request_id")] = (t, body)
+            self.cv.notify_all()
+
+    def wait(self, pred, timeout, what):
+        with self.cv:
+            if not self.cv.wait_for(pred, timeout):
+                raise H.HarnessError(f"bench subscriber: timed out after {timeout} s "
+                                     f"waiting for {what}")
+
+    def cleanup(self):
+        try:
+            self.c.loop_stop()
+            self.c.disconnect()
+        except Exception:
+            pass
+
+
+def _ledger_counts(db_path):
+    import sqlite3
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT max(seq), sum(delivered = 0) FROM events").fetchone()
+    finally:
+        db.close()
+
+
+def build_backlog(sim, target):
+    """A state directory whose ledger holds >= target events, none of
+    them delivered: lockerd with [mqtt] at a port where nothing listens,
+    driven by reserve + cancel cycles on the control socket. Stopped
+    cleanly before it is used, so that copies of it are consistent.
+    Returns (state dir, highest seq)."""
+    dead = H.free_port()
+    cfg = H.config(sim, log_level="warn",
+                   extra={"mqtt": {"host": "127.0.0.1", "port": dead}})
+    cfg["locker"]["state_dir"] = os.path.join(H.tmpdir(), "backlog")
+    cfg["control"]["socket"] = os.path.join(H.tmpdir(), "backlog.sock")
+    lk = H.Lockerd(cfg, name="backlog")
+    lk.wait_event("started", timeout=5)
+    i = 0
+    while True:
+        for _ in range(100):
+            i += 1
+            r = lk.ctl_ok({"op": "reserve", "app": f"D-{i}", "size": "S"})
+            lk.ctl_ok({"op": "cancel", "resv": r["resv"]})
+        if lk.events(after=target - 1):
+            break
+    lk.stop()
+    last, undelivered = _ledger_counts(lk.db_path)
+    if undelivered != last:
+        raise H.HarnessError(f"backlog: {undelivered} of {last} events undelivered")
+    return lk.state_dir, last
+
+
+def drain_once(sim, src, n, inflight, tag):
+    """lockerd on a fresh copy of src, a fresh broker, a subscriber already
+    connected; returns the figures of one drain."""
+    import shutil
+    state = os.path.join(H.tmpdir(), f"state-{tag}")
+    shutil.copytree(src, state)
+    broker = H.Mosquitto(conf=BROKER_CONF)
+    sink = Subscriber(broker, expect=n)
+    cfg = H.config(sim, log_level="warn", extra=H.mqtt_extra(broker, inflight=inflight))
+    cfg["locker"]["state_dir"] = state
+    cfg["control"]["socket"] = os.path.join(H.tmpdir(), f"{tag}.sock")
+    t_spawn = time.monotonic()
+    lk = H.Lockerd(cfg, name=f"drain-{tag}")
+    hz = os.sysconf("SC_CLK_TCK")
+    sink.wait(lambda: sink.birth is not None, 10, "lockerd's birth")
+    cpu0 = proc_cpu_ticks(lk.proc.pid), proc_cpu_ticks(broker.proc.pid), time.process_time()
+    sink.wait(lambda: sink.done is not None, 300, f"events 1..{n}")
+    cpu1 = proc_cpu_ticks(lk.proc.pid), proc_cpu_ticks(broker.proc.pid), time.process_time()
+    with sink.cv:
+        order = [s for s in sink.order if s <= n]
+        dupes = sink.dupes
+        took = sink.done - sink.birth
+        birth = sink.birth
+    if order != list(range(1, n + 1)):
+        bad = next(i for i, s in enumerate(order) if s != i + 1)
+        raise H.HarnessError(f"drain {tag}: events out of order or missing near "
+                             f"#{bad + 1}: {order[max(0, bad - 3):bad + 3]}")
+    lk.stop()
+    broker.stop()
+    sink.cleanup()
+    shutil.rmtree(state, ignore_errors=True)
+    return {"rate": n / took, "took_s": took, "birth_ms": (birth - t_spawn) * 1000,
+            "dupes": dupes, "lockerd_cpu_s": (cpu1[0] - cpu0[0]) / hz,
+            "broker_cpu_s": (cpu1[1] - cpu0[1]) / hz,
+            "subscriber_cpu_s": cpu1[2] - cpu0[2]}
+
+
+def bench_drain(runs, target):
+    H.begin_test("bench-drain")
+    failed = True
+    try:
+        sim = H.Locksim(name="sim")
+        src, n = build_backlog(sim, target)
+        res = {32: [], 1: []}
+        for i in range(runs):
+            for inflight in (32, 1):
+                res[inflight].append(drain_once(sim, src, n, inflight, f"{i}-w{inflight}"))
+        failed = False
+        return n, res
+    finally:
+        H.end_test(failed)
+        H.remove_tmp(failed)
+
+
+def bench_reserve_rtt(count, warmup=10):
+    H.begin_test("bench-reserve")
+    failed = True
+    try:
+        sim = H.Locksim(name="sim")
+        broker = H.Mosquitto(conf=BROKER_CONF)
+        sink = Subscriber(broker)
+        lk = H.Lockerd(H.config(sim, log_level="warn", extra=H.mqtt_extra(broker)))
+        lk.wait_event("started", timeout=5)
+        sink.wait(lambda: sink.birth is not None, 10, "lockerd's birth")
+        topic = f"{sink.prefix}/cmd"
+        rtt = []
+        for i in range(warmup + count):
+            rid = f"bench-{os.getpid()}-{i}"
+            cmd = json.dumps({"op": "reserve", "request_id": rid,
+                              "exp": int(time.time() * 1000) + 30000,
+                              "app": f"R-{i}", "size": "S"})
+            t0 = time.monotonic()
+            sink.c.publish(topic, cmd, qos=1)
+            sink.wait(lambda: rid in sink.replies, 10, f"the reply to {rid}")
+            t1, rep = sink.replies[rid]
+            if rep.get("ok") is not True:
+                raise H.HarnessError(f"reserve over MQTT refused: {rep}")
+            if i >= warmup:
+                rtt.append((t1 - t0) * 1000)
+            # Untimed: free the cell, and let its events reach the
+            # platform so that the next sample starts on a quiet link.
+            lk.ctl_ok({"op": "cancel", "resv": rep["resv"]})
+            sink.wait(lambda: rep["resv"] in sink.cancelled, 10, "the cancelled event")
+        # The same op on the control socket: no broker, no command log.
+        local = []
+        for i in range(count):
+            t0 = time.monotonic()
+            r = lk.ctl_ok({"op": "reserve", "app": f"L-{i}", "size": "S"})
+            local.append((time.monotonic() - t0) * 1000)
+            lk.ctl_ok({"op": "cancel", "resv": r["resv"]})
+        failed = False
+        return rtt, local
+    finally:
+        H.end_test(failed)
+        H.remove_tmp(failed)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "8")))
     ap.add_argument("--idle-seconds", type=int,
                     default=int(os.environ.get("BENCH_IDLE_S", "60")))
+    ap.add_argument("--drain-runs", type=int,
+                    default=int(os.environ.get("BENCH_DRAIN_RUNS", "3")))
+    ap.add_argument("--drain-events", type=int,
+                    default=int(os.environ.get("BENCH_DRAIN_EVENTS", "10000")))
+    ap.add_argument("--reserve-n", type=int,
+                    default=int(os.environ.get("BENCH_RESERVE_N", "200")))
+    ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
+                    help="comma-separated subset: modbus, idle, codes, drain, reserve")
     args = ap.parse_args()
     os.environ["BUILD"] = args.build
+    only = set(filter(None, args.only.split(",")))
+
+    def want(name):
+        return not only or name in only
+
+    if want("modbus"):
+        bench_modbus(args.rounds)
+    if want("idle"):
+        shares, wakeups, reqs, rss, elapsed = bench_idle(args.idle_seconds)
+        emit("idle_cpu_percent", shares, unit="% of one core",
+             what=f"4 boards x 24 cells polled at 10 Hz, {len(shares)} windows "
+                  f"over {elapsed:.0f} s", goal="< 1")
+        emit("idle_wakeups_per_s", None, value=round(wakeups, 1),
+             board_requests_per_s=round(reqs, 1))
+        emit("idle_rss_kib", None, value=rss)
+        size = os.path.getsize(os.path.join(H.build_dir(), "lockerd"))
+        emit("binary_size_bytes", None, value=size)
+    if want("codes"):
+        bench_codes(5)
+    if want("drain"):
+        emit_drain(*bench_drain(args.drain_runs, args.drain_events))
+    if want("reserve"):
+        rtt, local = bench_reserve_rtt(args.reserve_n)
+        emit("reserve_rtt_ms", rtt,
+             what="reserve command published on lockers/<id>/cmd -> its reply "
+                  "received on .../reply (broker both ways, paho client); incl. "
+                  "3 durable commits: command started, reservation + events, "
+                  "reply stored",
+             ctl_reserve_median_ms=round(statistics.median(local), 3),
+             ctl_reserve_p99_ms=round(pct(local, 99), 3))
+
+
+def bench_modbus(rounds):
     oneway, rtt = bench_bare_write(200)
-    lat = bench_unlock(args.rounds)
+    lat = bench_unlock(rounds)
     bare = emit("modbus_write_oneway_ms", oneway,
                 what="bare libmodbus FC05: call -> write seen by locksim (TCP)")
     emit("modbus_write_rtt_ms", rtt, what="bare libmodbus FC05 round trip (TCP)")
@@ -175,16 +482,36 @@ def main():
          median=round(u["median"] - bare["median"], 3),
          p99=round(u["p99"] - bare["p99"], 3), unit="ms",
          what="unlock latency minus the bare one-way write, same run")
-    shares, wakeups, reqs, rss, elapsed = bench_idle(args.idle_seconds)
-    emit("idle_cpu_percent", shares, unit="% of one core",
-         what=f"4 boards x 24 cells polled at 10 Hz, {len(shares)} windows "
-              f"over {elapsed:.0f} s", goal="< 1")
-    emit("idle_wakeups_per_s", None, value=round(wakeups, 1),
-         board_requests_per_s=round(reqs, 1))
-    emit("idle_rss_kib", None, value=rss)
-    size = os.path.getsize(os.path.join(H.build_dir(), "lockerd"))
-    emit("binary_size_bytes", None, value=size)
-    bench_codes(5)
+
+
+def emit_drain(n, res):
+    """A throughput over a few runs: the median and the worst run (a p99
+    of three runs would only be the best one)."""
+    def med(runs, key, nd=2):
+        return round(statistics.median(r[key] for r in runs), nd)
+
+    d32 = res[32]
+    rates = [r["rate"] for r in d32]
+    emit("outbox_drain_events_per_s", None, median=round(statistics.median(rates)),
+         worst=round(min(rates)), best=round(max(rates)), n=len(rates),
+         unit="events/s", goal="> 2000", events=n, inflight=32,
+         took_s=med(d32, "took_s"), birth_ms=med(d32, "birth_ms", 1),
+         lockerd_cpu_s=med(d32, "lockerd_cpu_s"), broker_cpu_s=med(d32, "broker_cpu_s"),
+         subscriber_cpu_s=med(d32, "subscriber_cpu_s"),
+         dupes=sum(r["dupes"] for r in d32),
+         what="backlog of undelivered ledger events -> all of 1..N at the "
+              "platform in seq order, from lockerd's birth; QoS 1, one durable "
+              "commit per PUBACK")
+    d1 = res[1]
+    rates1 = [r["rate"] for r in d1]
+    emit("outbox_drain_inflight1_events_per_s", None,
+         median=round(statistics.median(rates1)), worst=round(min(rates1)),
+         best=round(max(rates1)), n=len(rates1), unit="events/s", events=n,
+         inflight=1, took_s=med(d1, "took_s"),
+         lockerd_cpu_s=med(d1, "lockerd_cpu_s"), broker_cpu_s=med(d1, "broker_cpu_s"),
+         subscriber_cpu_s=med(d1, "subscriber_cpu_s"),
+         window_gain=round(statistics.median(rates) / statistics.median(rates1), 1),
+         what="the same drain, same runs, one event in flight at a time")
 
 
 def bench_codes(runs, live=10000):

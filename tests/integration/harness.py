@@ -1155,9 +1155,10 @@ def assert_refused(sim, lk, kc, req, error, settle=0.5):
 
 class Mosquitto:
     """A mosquitto broker on a free loopback port, persistence in the
-    test's temp dir (so a restart keeps sessions and queued messages)."""
+    test's temp dir (so a restart keeps sessions and queued messages).
+    conf: more lines for mosquitto.conf (e.g. "set_tcp_nodelay true")."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, conf=""):
         _register(self)
         d = tmpdir()
         self.port = port or free_port()
@@ -1177,7 +1178,7 @@ class Mosquitto:
                     f"persistence_location {self.dir}/\n"
                     "autosave_interval 1\n"
                     f"log_dest file {self.log_path}\n"
-                    "max_queued_messages 100000\n")
+                    "max_queued_messages 100000\n" + conf)
         _register_log(f"mosquitto {self.port}", self.log_path)
         self.proc = None
         self.start()
