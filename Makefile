@@ -6,6 +6,7 @@
 #   make test    deps + build + unit and integration tests
 #   make check   the same tests under ASan + UBSan + LSan, in build-san/
 #   make run     deps + build + the controller against the simulator
+#   make demo    deps + build + a narrated day at the locker (sim/demo.py)
 #   make bench   deps + build + benchmarks (JSON lines on stdout)
 #   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS; `make test`
 #                replays their seeds and past crashes (fuzz-regress)
@@ -67,7 +68,7 @@ UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing \
 	$(BUILD)/test_cmd
 
-.PHONY: all deps test check run bench fuzz clean unit integration \
+.PHONY: all deps test check run demo bench fuzz clean unit integration \
 	_test _bench
 all: $(BINS)
 
@@ -161,6 +162,10 @@ unit: $(UNIT_TESTS)
 run: deps
 	@$(MAKE) --no-print-directory all
 	@$(PYTHON) sim/run.py --build $(BUILD)
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@$(PYTHON) sim/demo.py --build $(BUILD)
 
 bench: deps
 	@$(MAKE) --no-print-directory _bench

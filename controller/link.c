@@ -113,6 +113,7 @@ publish_one(int64_t seq, const char *body, const char *secret, void *arg)
 		return -1;
 	o->win[o->n].mid = mid;
 	o->win[o->n].seq = seq;
+	o->win[o->n].code = secret != NULL;
 	o->n++;
 	o->next = seq + 1;
 	return 0;
@@ -242,10 +243,12 @@ acked(struct lockerd *d, int mid)
 		if (store_event_delivered(d->store, o->win[i].seq) == -1)
 			log_error("event %lld: could not mark it delivered; "
 			    "it will be sent again", (long long)o->win[i].seq);
+		/* Only a delivered code needs the WAL wiped behind it. */
+		if (o->win[i].code)
+			o->scrub = 1;
 		memmove(&o->win[i], &o->win[i + 1],
 		    (size_t)(o->n - i - 1) * sizeof(o->win[0]));
 		o->n--;
-		o->scrub = 1;
 		break;
 	}
 	if (o->n == 0 && o->scrub) {

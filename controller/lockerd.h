@@ -29,6 +29,7 @@ struct lockerd_outbox {
 	struct {
 		int mid;
 		int64_t seq;
+		int code;               /* it carried a plain code */
 	} win[100];
 };
 

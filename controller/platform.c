@@ -217,6 +217,9 @@ platform_start(const struct config_mqtt *cfg, const char *locker,
 	    MQTT_PROTOCOL_V311);
 	/* Our thread runs the loop; the main thread publishes. */
 	mosquitto_threaded_set(p->mosq, true);
+	/* Replies and events are small: without this each waits ~40 ms for
+	 * the broker's delayed ACK (Nagle). */
+	mosquitto_int_option(p->mosq, MOSQ_OPT_TCP_NODELAY, 1);
 	snprintf(topic, sizeof(topic), "%sstatus", p->prefix);
 	rc = mosquitto_will_set(p->mosq, topic, (int)strlen(will_payload),
 	    will_payload, 1, true);

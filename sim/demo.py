@@ -139,12 +139,13 @@ def main():
     build = os.environ.get("BUILD", os.path.join(ROOT, "build"))
     if len(sys.argv) > 2 and sys.argv[1] == "--build":
         build = os.path.abspath(sys.argv[2])
-    run_dir = os.path.join(build, "demo")
+    run_dir = os.environ.get("LOCKERD_DEMO_DIR") or os.path.join(build, "demo")
     shutil.rmtree(run_dir, ignore_errors=True)
     stack = Stack(build, run_dir=run_dir, quiet=True)
     saved = os.path.join(run_dir, "platform-events.jsonl")
     ledger = Ledger(saved)
     watch = None
+    started = {}
     rc = 1
 
     def interrupted(*_):
@@ -154,15 +155,28 @@ def main():
     try:
         print("Starting mosquitto, locksim (automatic person on) and lockerd under "
               f"{os.path.relpath(run_dir)} ...", flush=True)
-        stack.start()
-        key = stack.locker_key()
-        # The platform watches from the locker's first event, and checks
-        # every signature and link as events arrive.
-        watch_argv = stack.ctl_argv() + ["watch", "--verify", "--locker-key", key,
-                                         "--save", saved, "--client-id", "demo-platform"]
-        print(f"$ {show(watch_argv)} > {os.path.relpath(run_dir)}/watch.log &", flush=True)
-        with open(os.path.join(run_dir, "watch.log"), "w") as log:
-            watch = subprocess.Popen(watch_argv, stdout=log, stderr=subprocess.STDOUT)
+        def platform_watches(st):
+            # The platform subscribes before the locker's first event
+            # and checks every signature and link as events arrive.
+            key = started["key"] = st.locker_key()
+            argv = st.ctl_argv() + ["watch", "--verify", "--locker-key", key,
+                                    "--save", saved, "--client-id", "demo-platform"]
+            log_path = os.path.join(run_dir, "watch.log")
+            print(f"$ {show(argv)} > {os.path.relpath(log_path)} &", flush=True)
+            with open(log_path, "w") as log:
+                started["watch"] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with open(log_path) as f:
+                    if "watching " in f.read():
+                        return
+                if started["watch"].poll() is not None:
+                    break
+                time.sleep(0.05)
+            raise DemoError("lockerctl watch did not subscribe")
+
+        stack.start(on_broker=platform_watches)
+        key, watch = started["key"], started["watch"]
         (resv, cell), (presv, pcell) = day(stack, ledger)
 
         say("7. The platform verifies the locker's signed event chain from the "
@@ -178,12 +192,14 @@ def main():
             chain = [e for e in events if e.get("resv") == r]
             print(f"  {what}, reservation {r}, cell {c}:", flush=True)
             for e in chain:
-                who = f" by {e['staff']}" if e.get("staff") else ""
+                who = f" by {e['staff']}" if e.get("staff") and e["type"] in (
+                    "load_started", "retrieved", "take_back", "returned") else ""
                 print(f"    seq {e['seq']:>3}  {e['time']}  {e['type']}{who}", flush=True)
         print(f"\nThe day is done: {len(events)} events, every one signed by the locker "
               "and chained to the one before.", flush=True)
         rc = 0
     except (DemoError, StackError, subprocess.TimeoutExpired) as e:
+        watch = watch or started.get("watch")
         print(f"\ndemo: FAILED: {e}", file=sys.stderr)
         for name in ("lockerd.out", "locksim.out", "watch.log"):
             p = os.path.join(run_dir, name)

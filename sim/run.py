@@ -109,7 +109,11 @@ class Stack:
         self.lockerctl = os.path.join(ROOT, "sim", "lockerctl")
         self.kiosk = os.path.join(build, "kiosk")
         self.mqtt_port = free_port()
-        self.sim_port = 1502 if port_free(1502) else free_port()
+        # 1502 is the built-in default's; tests ask for any free port.
+        if os.environ.get("LOCKERD_FREE_PORTS"):
+            self.sim_port = free_port()
+        else:
+            self.sim_port = 1502 if port_free(1502) else free_port()
 
     def _spawn(self, argv, log):
         out = open(os.path.join(self.run, log), "ab")
@@ -130,6 +134,7 @@ class Stack:
             f.write(f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
                     f"listener {self.mqtt_port} 127.0.0.1\n"
                     "allow_anonymous true\n"
+                    "set_tcp_nodelay true\n"
                     "persistence true\n"
                     f"persistence_location {d}/\n"
                     f"log_dest file {d}/mosquitto.log\n")
@@ -146,11 +151,15 @@ class Stack:
                            check=True, capture_output=True, text=True)
         return r.stdout.strip()
 
-    def start(self):
+    def start(self, on_broker=None):
+        """on_broker(stack) runs once the broker is up, before lockerd
+        publishes anything (a platform that must see every event)."""
         ready = os.path.join(self.run, "locksim.ready")
         if os.path.exists(ready):
             os.unlink(ready)
         self._mosquitto()
+        if on_broker is not None:
+            on_broker(self)
         argv = [os.path.join(self.build, "locksim"), "--tcp", str(self.sim_port),
                 "--board", "1:generic-16", "--board", "2:waveshare-relay-d",
                 "--control", self.sim_sock, "--ready-file", ready]
@@ -212,7 +221,7 @@ def main():
     build = os.environ.get("BUILD", os.path.join(ROOT, "build"))
     if len(sys.argv) > 2 and sys.argv[1] == "--build":
         build = os.path.abspath(sys.argv[2])
-    stack = Stack(build)
+    stack = Stack(build, run_dir=os.environ.get("LOCKERD_RUN_DIR"))
 
     def stop(*_):
         stack.stop()
