@@ -432,6 +432,44 @@ consume(struct resv_table *t, int slot, int64_t now,
 	return RESV_OK;
 }
 
+/*
+ * An applicant who comes back after the code expired is told so, not
+ * "not valid" (and is not counted as guessing): the last
+ * RESV_EXPIRED_KEEP expired codes are kept, as hashes, in memory.
+ */
+static void
+remember_expired(struct resv_table *t, const struct resv *r)
+{
+	struct resv_expired *e = &t->expired[t->expired_next];
+
+	if (!r->has_code)
+		return;
+	memcpy(e->code_hash, r->code_hash, sizeof(e->code_hash));
+	memcpy(e->phone_hash, r->phone_hash, sizeof(e->phone_hash));
+	e->has_phone = r->has_phone;
+	t->expired_next = (t->expired_next + 1) % RESV_EXPIRED_KEEP;
+	if (t->expired_n < RESV_EXPIRED_KEEP)
+		t->expired_n++;
+}
+
+static int
+was_expired(const struct resv_table *t, const uint8_t *code_hash,
+    const uint8_t *phone_hash)
+{
+	const struct resv_expired *e;
+	int i;
+
+	for (i = 0; i < t->expired_n; i++) {
+		e = &t->expired[i];
+		/* A wrong second factor still looks like a wrong code. */
+		if (hash_equal(e->code_hash, code_hash) && (!e->has_phone ||
+		    (phone_hash != NULL && hash_equal(e->phone_hash,
+		    phone_hash))))
+			return 1;
+	}
+	return 0;
+}
+
 enum resv_refusal
 resv_enter(struct resv_table *t, const uint8_t *code_hash,
     const uint8_t *phone_hash, int64_t now, struct resv_actions *out,
@@ -445,7 +483,8 @@ resv_enter(struct resv_table *t, const uint8_t *code_hash,
 		    hash_equal(t->r[i].code_hash, code_hash))
 			found = i;
 	if (found == -1)
-		return RESV_ERR_NO_CODE;
+		return was_expired(t, code_hash, phone_hash) ?
+		    RESV_ERR_EXPIRED : RESV_ERR_NO_CODE;
 	/* A wrong second factor looks exactly like a wrong code. */
 	if (t->r[found].has_phone && (phone_hash == NULL ||
 	    !hash_equal(t->r[found].phone_hash, phone_hash)))
@@ -462,14 +501,16 @@ resv_enter_credential(struct resv_table *t, int64_t id, int cell_number,
 	int slot = resv_slot_of_id(t, id);
 	struct resv *r;
 
+	/* The credential's signature is checked already: its not-after is
+	 * the locker's own word. */
+	if (now >= not_after)
+		return RESV_ERR_EXPIRED;
 	if (slot == -1)
 		return RESV_ERR_NO_CODE;
 	r = &t->r[slot];
 	if (!r->has_code || !hash_equal(r->code_hash, code_hash) ||
 	    t->bank->cells[r->cell].number != cell_number)
 		return RESV_ERR_NO_CODE;
-	if (now >= not_after)
-		return RESV_ERR_EXPIRED;
 	*slot_out = slot;
 	return consume(t, slot, now, out);
 }
@@ -786,6 +827,7 @@ resv_tick(struct resv_table *t, int64_t now, struct resv_actions *out)
 		if (r->id == 0)
 			continue;
 		if (r->state == RESV_RESERVED && now >= r->valid_until) {
+			remember_expired(t, r);
 			r->state = RESV_EXPIRED;
 			r->has_code = 0;
 			event(t, out, RESV_EV_EXPIRED, i);

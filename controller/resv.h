@@ -109,6 +109,15 @@ struct resv_timing {
 	int64_t pickup_due_ms;   /* pickup: overdue after this */
 };
 
+/* Codes that expired lately, so the keypad can say so (memory only). */
+#define RESV_EXPIRED_KEEP 64
+
+struct resv_expired {
+	uint8_t code_hash[RESV_HASH_LEN];
+	uint8_t phone_hash[RESV_HASH_LEN];
+	int has_phone;
+};
+
 struct resv_table {
 	struct resv *r;                  /* active reservations; slot free if id 0 */
 	int cap;                         /* one per cell: a cell holds one */
@@ -118,6 +127,8 @@ struct resv_table {
 	const struct bank *bank;
 	int64_t next_id;
 	char retrieve_staff[RESV_STAFF_MAX]; /* a retrieval run in progress */
+	struct resv_expired expired[RESV_EXPIRED_KEEP]; /* a ring */
+	int expired_n, expired_next;
 };
 
 /* Allocates one slot per cell of the bank; -1 if out of memory. */

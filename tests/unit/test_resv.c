@@ -1182,6 +1182,28 @@ test_take_back_nothing(void **state)
 	assert_string_equal(render(f), "");
 }
 
+/* After expiry the code says "expired" only with its second factor. */
+static void
+test_expired_code_remembered_with_its_factor(void **state)
+{
+	struct fixture *f = *state;
+	int slot = -1, got;
+
+	assert_int_equal(resv_reserve(&f->t, "A", 'S', 5000, f->h[6], 0,
+	    &f->acts, &slot), RESV_OK);
+	resv_code_set(&f->t, slot, f->h[1], 0, &f->acts);
+	render(f);
+	tick(f, 5000);
+	assert_string_equal(render(f), "expired:1 save:1=expired");
+	assert_int_equal(resv_enter(&f->t, f->h[1], NULL, 5100, &f->acts,
+	    &got), RESV_ERR_NO_CODE);
+	assert_int_equal(resv_enter(&f->t, f->h[1], f->h[7], 5100, &f->acts,
+	    &got), RESV_ERR_NO_CODE);
+	assert_int_equal(resv_enter(&f->t, f->h[1], f->h[6], 5100, &f->acts,
+	    &got), RESV_ERR_EXPIRED);
+	assert_string_equal(render(f), "");
+}
+
 static void
 test_expiry(void **state)
 {
@@ -1197,7 +1219,9 @@ test_expiry(void **state)
 	assert_int_equal(resv_slot_of_cell(&f->t, 0), -1);
 	assert_int_equal(f->t.r[slot].id, 0);
 	assert_false(resv_code_taken(&f->t, f->h[1]));
-	assert_int_equal(enter(f, 1, 5100), RESV_ERR_NO_CODE);
+	/* The applicant who comes late is told the code expired. */
+	assert_int_equal(enter(f, 1, 5100), RESV_ERR_EXPIRED);
+	assert_int_equal(enter(f, 2, 5100), RESV_ERR_NO_CODE);
 	assert_int_equal(resv_next_deadline(&f->t), INT64_MAX);
 	tick(f, 6000);
 	assert_string_equal(render(f), "");
@@ -1642,6 +1666,7 @@ main(void)
 		T(test_take_back),
 		T(test_take_back_nothing),
 		T(test_expiry),
+		T(test_expired_code_remembered_with_its_factor),
 		T(test_cancel_reserved),
 		T(test_cancel_with_item_inside),
 		T(test_cancel_refused),
