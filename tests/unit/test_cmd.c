@@ -36,6 +36,9 @@ codec_knows(const char *op)
 	const char *s = cmd_ops(), *p;
 	size_t n = strlen(op);
 
+	/* An empty op would match everywhere, up to and past the end. */
+	if (n == 0)
+		return 0;
 	for (p = strstr(s, op); p != NULL; p = strstr(p + 1, op))
 		if ((p == s || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
 			return 1;
