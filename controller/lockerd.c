@@ -505,12 +505,22 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 	/* After the relays: the platform hears of it, the door goes first. */
 	if (need_tx)
 		link_kick(d);
+	if (need_tx && d->unrecorded) {
+		log_info("recording works again");
+		d->unrecorded = 0;
+	}
 	return 0;
 fail:
 	/* Nothing was recorded, so nothing may move: undo in-flight unlocks
 	 * and go back to the reservations as stored. */
-	log_error("could not record %d actions; no relay was pulsed",
-	    s->norder);
+	if (!d->unrecorded)
+		log_error("could not record %d actions; no relay was pulsed, "
+		    "door changes will be recorded when recording works "
+		    "again", s->norder);
+	else
+		log_debug("could not record %d actions", s->norder);
+	d->unrecorded = 1;
+	bank_unrecorded(&d->bank, &s->bank);
 	for (i = 0; i < s->bank.n; i++)
 		if (s->bank.a[i].type == BANK_ACT_PULSE)
 			d->cells[s->bank.a[i].cell].unlocking = 0;

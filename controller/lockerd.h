@@ -67,6 +67,7 @@ struct lockerd {
 	char board_error[CONFIG_BOARDS_MAX][96];
 	struct jsonl *ctl;
 	int64_t boot;
+	int unrecorded;                /* the last step could not be recorded */
 
 	struct codes_keys *keys;
 	struct resv_table resv;

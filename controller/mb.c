@@ -411,6 +411,25 @@ schedule_off(struct worker *w, int wb, int coil, int64_t due)
 	}
 }
 
+/*
+ * Did a failed write leave the board's action unknown? A Modbus exception
+ * reply is a refusal, and a connection that was refused or gone sent
+ * nothing; a timeout or a spoiled reply means the request went out and
+ * the board may have acted on it.
+ */
+static int
+outcome_unknown(int e)
+{
+	if (e > MODBUS_ENOBASE && e < MODBUS_ENOBASE + MODBUS_EXCEPTION_MAX)
+		return 0;
+	switch (e) {
+	case ECONNREFUSED: case ECONNRESET: case EPIPE: case ENOTCONN:
+	case EBADF: case EHOSTUNREACH: case ENETUNREACH:
+		return 0;
+	}
+	return 1;
+}
+
 static void
 do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 {
@@ -439,16 +458,29 @@ do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 		rc = modbus_write_bit(w->ctx, board_coil_addr(p, cmd->channel),
 		    1);
 		request_done(w);
-		if (rc != -1)
+		/* Even without a reply: the board may have switched it on. */
+		if (rc != -1 || outcome_unknown(errno))
 			schedule_off(w, (int)(b - w->boards),
 			    board_coil_addr(p, cmd->channel), now + p->pulse_ms);
 	}
 	if (rc == -1) {
 		int e = errno;
 		mb_strerror(e, msg, sizeof(msg));
+		board_fail(w, b, e, now);
+		if (outcome_unknown(e)) {
+			/* The request went out and the reply was lost or
+			 * spoiled: the lock may be open. The door sensor
+			 * decides, within unlock_confirm_ms, as for any
+			 * unlock; a board that goes faulty meanwhile fails it
+			 * then. */
+			log_warn("%s board %s: unlock of channel %d sent, no "
+			    "good reply (%s); waiting for the door", w->name,
+			    b->cfg->name, cmd->channel, msg);
+			report_unlock(w, cmd->board, cmd->cell, 1, NULL);
+			return;
+		}
 		log_warn("%s board %s: unlock of channel %d failed: %s",
 		    w->name, b->cfg->name, cmd->channel, msg);
-		board_fail(w, b, e, now);
 		report_unlock(w, cmd->board, cmd->cell, 0, msg);
 		return;
 	}

@@ -418,7 +418,10 @@ consume(struct resv_table *t, int slot, int64_t now,
 		return RESV_ERR_USED;
 	else if (r->kind == RESV_DROPOFF && now >= r->valid_until)
 		return RESV_ERR_EXPIRED;
-	if (!c->in_service || !t->bank->boards[c->board].ok)
+	/* A door standing open (forced, or left so) is not spent on: the
+	 * code waits until it is closed. */
+	if (!c->in_service || !t->bank->boards[c->board].ok ||
+	    (c->door == BANK_DOOR_OPEN && r->state != RESV_OPENING))
 		return RESV_ERR_CELL;
 	if (r->state != RESV_OPENING) {
 		r->state = RESV_OPENING;

@@ -1182,6 +1182,24 @@ test_take_back_nothing(void **state)
 	assert_string_equal(render(f), "");
 }
 
+/* A code for a cell whose door stands open is not spent: it waits. */
+static void
+test_code_not_spent_on_an_open_door(void **state)
+{
+	struct fixture *f = *state;
+	int slot;
+
+	slot = dropoff(f, 'S', 1, LATER, 0);
+	f->cells[0].door = BANK_DOOR_OPEN;
+	assert_int_equal(enter(f, 1, 1000), RESV_ERR_CELL);
+	assert_string_equal(render(f), "");
+	assert_int_equal(state_of(f, slot), RESV_RESERVED);
+	f->cells[0].door = BANK_DOOR_CLOSED;
+	assert_int_equal(enter(f, 1, 2000), RESV_OK);
+	assert_string_equal(render(f),
+	    "code_used:1 save:1=opening unlock:1/dropoff");
+}
+
 /* After expiry the code says "expired" only with its second factor. */
 static void
 test_expired_code_remembered_with_its_factor(void **state)
@@ -1667,6 +1685,7 @@ main(void)
 		T(test_take_back_nothing),
 		T(test_expiry),
 		T(test_expired_code_remembered_with_its_factor),
+		T(test_code_not_spent_on_an_open_door),
 		T(test_cancel_reserved),
 		T(test_cancel_with_item_inside),
 		T(test_cancel_refused),
