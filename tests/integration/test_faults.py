@@ -622,11 +622,13 @@ def _wait_door_or_word(f, cell, m0, stats, timeout=4):
                          f"screen said nothing: {f.kc.notices[m0:]}")
 
 
-def _use_code(f, code, stats):
+def _use_code(f, code, stats, patience=8):
     """The person at the keypad: enters the code until a door opens, as
-    the screen tells them (a refusal must say the code still works).
-    Returns the cell whose door opened."""
-    for _ in range(20):
+    the screen tells them (a refusal must say the code still works), for
+    up to `patience` seconds (a board that went faulty is retried within
+    board_backoff_max_ms, 1 s). Returns the cell whose door opened."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
         m0 = f.kc.mark()
         rep = f.kc.code(code)
         stats["codes entered"] += 1
@@ -640,7 +642,9 @@ def _use_code(f, code, stats):
         if cell is not None:
             return cell
         time.sleep(0.3)
-    raise AssertionError(f"the code did not open a door in 20 tries: {f.kc.notices[-6:]}")
+    raise AssertionError(f"the code opened no door in {patience} s; the screen said: "
+                         f"{[n.get('show') for n in f.kc.notices[-3:]]}, "
+                         f"{f.kc.replies[-1].get('show')!r}")
 
 
 def _staff_load(f, app, stats):
