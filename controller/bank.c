@@ -212,34 +212,6 @@ bank_unlock(struct bank *b, int cell, const char *reason, int64_t now,
 }
 
 void
-bank_unrecorded(struct bank *b, const struct bank_actions *acts)
-{
-	const struct bank_action *a;
-	struct bank_cell *c;
-	int i;
-
-	for (i = 0; i < acts->n; i++) {
-		a = &acts->a[i];
-		if (a->type != BANK_ACT_EVENT || a->cell < 0 ||
-		    a->cell >= b->ncells)
-			continue;
-		c = &b->cells[a->cell];
-		if (a->ev == BANK_EV_DOOR_OPENED) {
-			c->door = BANK_DOOR_CLOSED;
-			c->expect_open = a->expected;
-		} else if (a->ev == BANK_EV_DOOR_CLOSED)
-			c->door = BANK_DOOR_OPEN;
-	}
-	/* A reconciliation goes back to what was stored. */
-	for (i = 0; i < acts->n; i++) {
-		a = &acts->a[i];
-		if (a->type == BANK_ACT_EVENT && a->ev == BANK_EV_RECONCILED &&
-		    a->cell >= 0 && a->cell < b->ncells)
-			b->cells[a->cell].door = a->stored;
-	}
-}
-
-void
 bank_unlock_result(struct bank *b, int cell, int ok, const char *error,
     int64_t now, struct bank_actions *out)
 {

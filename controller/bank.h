@@ -125,12 +125,6 @@ int bank_cell_index(const struct bank *b, int number);
 /* reason (at most 15 characters) is recorded with each attempt. */
 enum bank_refusal bank_unlock(struct bank *b, int cell, const char *reason,
     int64_t now, struct bank_actions *out);
-/*
- * The actions could not be recorded: door changes among them are taken
- * back, so that the debounce reports them again (and they reach the
- * ledger once recording works), with the same "expected".
- */
-void bank_unrecorded(struct bank *b, const struct bank_actions *acts);
 void bank_unlock_result(struct bank *b, int cell, int ok, const char *error,
     int64_t now, struct bank_actions *out);
 /*

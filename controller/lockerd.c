@@ -411,12 +411,61 @@ resv_to_bank(struct lockerd *d, struct lockerd_step *s, int i)
 /* Reloads the reservations from the store after a failed commit. */
 static int load_resv(struct lockerd *d);
 
+/*
+ * A step that could not be recorded: what the doors and boards did is
+ * still true, so its events wait here (not the unlocks, which did not
+ * happen: no relay moved). The reservations are re-read from the store
+ * and learn of the doors again when these are recorded.
+ */
+static void
+keep_pending(struct lockerd *d, const struct lockerd_step *s)
+{
+	const struct bank_action *a;
+	int i, lost = 0;
+
+	for (i = 0; i < s->bank.n; i++) {
+		a = &s->bank.a[i];
+		if (a->type == BANK_ACT_PULSE || (a->type == BANK_ACT_EVENT &&
+		    a->ev == BANK_EV_UNLOCK))
+			continue;
+		if (d->pend.n == BANK_ACTIONS_MAX) {
+			lost++;
+			continue;
+		}
+		d->pend.a[d->pend.n++] = *a;
+	}
+	if (lost > 0)
+		log_error("%d door or board events could not be kept for later: "
+		    "the database has been failing for too long", lost);
+	d->pend_retry = util_mono_ms() + 1000;
+}
+
+static void
+replay_pending(struct lockerd *d)
+{
+	struct lockerd_step *s;
+
+	if ((s = malloc(sizeof(*s))) == NULL)
+		return;
+	lockerd_step_init(s);
+	s->bank = d->pend;
+	memset(&d->pend, 0, sizeof(d->pend));
+	d->replaying = 1;
+	if (lockerd_run(d, s) == 0)
+		log_info("%d door or board events recorded late", s->bank.n);
+	d->replaying = 0;
+	free(s);
+}
+
 int
 lockerd_run(struct lockerd *d, struct lockerd_step *s)
 {
 	struct bank_actions retry;
 	int i, bi = 0, ri = 0, need_tx = 0, rc;
 
+	/* What could not be recorded before goes first, in its order. */
+	if (!d->replaying && d->pend.n > 0 && util_mono_ms() >= d->pend_retry)
+		replay_pending(d);
 	/* Consequences first: what a record caused follows it. */
 	while (bi < s->bank.n || ri < s->resv.n) {
 		if (ri < s->resv.n) {
@@ -520,7 +569,7 @@ fail:
 	else
 		log_debug("could not record %d actions", s->norder);
 	d->unrecorded = 1;
-	bank_unrecorded(&d->bank, &s->bank);
+	keep_pending(d, s);
 	for (i = 0; i < s->bank.n; i++)
 		if (s->bank.a[i].type == BANK_ACT_PULSE)
 			d->cells[s->bank.a[i].cell].unlocking = 0;

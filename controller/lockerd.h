@@ -68,6 +68,11 @@ struct lockerd {
 	struct jsonl *ctl;
 	int64_t boot;
 	int unrecorded;                /* the last step could not be recorded */
+	/* Door and board events of steps that could not be recorded (disk
+	 * full): recorded first when recording works again. */
+	struct bank_actions pend;
+	int64_t pend_retry;            /* monotonic ms */
+	int replaying;
 
 	struct codes_keys *keys;
 	struct resv_table resv;

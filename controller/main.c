@@ -126,6 +126,9 @@ run(struct lockerd *d, int sigfd)
 		now = util_mono_ms();
 		if ((t = kiosk_tick(d)) < next)
 			next = t;
+		/* Events waiting for the database to take them again. */
+		if (d->pend.n > 0 && d->pend_retry < next)
+			next = d->pend_retry;
 		/* Reservation deadlines are wall-clock times. */
 		wall = lockerd_now();
 		if ((t = resv_next_deadline(&d->resv)) != INT64_MAX &&

@@ -311,6 +311,11 @@ def test_fault_board_offline():
     f = FaultFlow()
     r = f.reserve("A-F6001", "S")
     assert r["cell"] == 1, r
+    # No cell on the other board to move to: the code must come back.
+    # (With one, the drop-off moves there: test_flow_jammed_door_during_
+    # dropoff shows a move.)
+    for n in _cells_of("B"):
+        assert f.lk.ctl({"op": "service", "cell": n, "in": False}).get("ok") is True
     seq0, n0, m0 = f.lk.last_seq(), f.sim.last_write_n(), f.kc.mark()
     f.sim.cmd("offline 1 on")
     rep = f.kc.code(r["code"])
@@ -351,10 +356,14 @@ def test_fault_reply_lost_at_unlock():
     unlock write itself loses its reply. A Modbus board acts on a write
     whether or not its reply arrives (locksim does), so a write without a
     reply may have released the lock. What must hold once the replies are
-    back: no relay is left energised (a lock held open for anyone), no
-    forced_open or unexpected door_opened for a door lockerd itself
-    released, and the code is not lost (its door opened under it, or it
-    opens now). One fresh world per kind; the test reports all three."""
+    back: no relay is left energised (a lock held open for anyone: the
+    coil-off is sent whether or not the write's reply came), the unlock
+    waits for the door like any other (the outcome is unknown, not
+    failed), and the code is not lost (its door opened under it, it
+    moved to a cell on the board that answers, or it opens now). A door
+    that opened while its board could not be read is reported when the
+    board answers again, as forced_open: lockerd cannot tell it from a
+    forced door. One fresh world per kind; the test reports all three."""
     problems = []
     for kind in ("drop 1 100", "corrupt 1 crc 100", "corrupt 1 garbage 100"):
         f = FaultFlow(name=kind.split()[2] if kind.startswith("corrupt") else "drop")
@@ -386,7 +395,13 @@ def test_fault_reply_lost_at_unlock():
         bad = []
         if coils:
             bad.append(f"relays left energised {coils}")
-        if forced:
+        # The door of cell 1 opened while its board could not be read
+        # (all replies lost): lockerd learns of it only when the board
+        # answers again, after the unlock had been given up, and cannot
+        # tell it from a forced door, so it says forced_open. That is
+        # the one alarm allowed, for that cell, after the recovery.
+        recovered = [e["seq"] for e in f.lk.events(seq1) if e["type"] == "board_recovered"]
+        if any(e[2] != 1 or not recovered or e[0] < recovered[0] for e in forced):
             bad.append(f"false door alarms {forced}")
         if q.get("state") == "reserved":
             # The code must work: a door opens for it now.
@@ -399,10 +414,7 @@ def test_fault_reply_lost_at_unlock():
         if bad:
             problems.append(f"{kind}: " + "; ".join(bad) + f"\n    ({what})")
         f.shutdown()
-    assert not problems, ("a lost reply to an unlock write (mb.c do_unlock treats it as "
-                          "'not done': no coil-off is scheduled and the bank calls it "
-                          "unlock_failed, although the board acted on it):\n  " +
-                          "\n  ".join(problems))
+    assert not problems, ("a lost reply to an unlock write:\n  " + "\n  ".join(problems))
 
 
 # ---------------------------------------------------------------------------
@@ -872,9 +884,8 @@ def test_fault_disk_full_door_alarm():
         alarm = f.plat_event("forced_open", after=seq0, cell=7, timeout=3)
     except harness.HarnessError as e:
         raise AssertionError(
-            "a door forced open while the disk was full is never recorded: "
-            "lockerd_run (lockerd.c) leaves the bank's door state changed when the "
-            "commit fails and nothing records it later; events since: "
+            "a door forced open while the disk was full was not recorded once space "
+            "came back (lockerd.c keeps such events pending); events since: "
             f"{[(x['seq'], x['type'], x.get('cell')) for x in f.lk.events(seq0)]}; "
             f"log: {log.strip()}") from e
     assert alarm.get("alarm") is True, alarm

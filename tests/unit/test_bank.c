@@ -368,41 +368,6 @@ test_write_failure_is_not_a_jam(void **state)
 	assert_string_equal(render(&f), "");
 }
 
-/* A door change that could not be recorded is reported again. */
-static void
-test_unrecorded_door_change_comes_again(void **state)
-{
-	struct fixture f;
-	struct bank_actions lost;
-
-	(void)state;
-	fixture_init(&f, NULL);
-	start(&f);
-	assert_int_equal(bank_unlock(&f.b, 0, "test", 100, &f.acts), BANK_OK);
-	bank_unlock_result(&f.b, 0, 1, NULL, 120, &f.acts);
-	render(&f);
-	inputs(&f, 0, 1, 0, 300);
-	tick(&f, 350);
-	lost = f.acts;
-	assert_string_equal(render(&f), "door_opened:1+ save:1");
-	/* The commit failed: taken back, and the next tick says it again,
-	 * still as expected (not a forced door). */
-	bank_unrecorded(&f.b, &lost);
-	assert_int_equal(f.cells[0].door, BANK_DOOR_CLOSED);
-	tick(&f, 400);
-	assert_string_equal(render(&f), "door_opened:1+ save:1");
-	/* The same for a close. */
-	inputs(&f, 0, 0, 0, 2000);
-	tick(&f, 2050);
-	lost = f.acts;
-	assert_string_equal(render(&f), "door_closed:1 save:1");
-	bank_unrecorded(&f.b, &lost);
-	tick(&f, 2100);
-	assert_string_equal(render(&f), "door_closed:1 save:1");
-	tick(&f, 2200);
-	assert_string_equal(render(&f), "");
-}
-
 static void
 test_board_dies_while_waiting_for_the_door(void **state)
 {
@@ -589,7 +554,6 @@ main(void)
 		cmocka_unit_test(test_board_fault_and_recovery),
 		cmocka_unit_test(test_write_failure_is_not_a_jam),
 		cmocka_unit_test(test_board_dies_while_waiting_for_the_door),
-		cmocka_unit_test(test_unrecorded_door_change_comes_again),
 		cmocka_unit_test(test_reconcile),
 		cmocka_unit_test(test_board_first_heard_after_start),
 		cmocka_unit_test(test_next_deadline),
