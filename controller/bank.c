@@ -241,6 +241,7 @@ door_change(struct bank *b, int cell, int open, int64_t now,
 	if (open) {
 		expected = c->unlocking || c->expect_open;
 		c->unlocking = 0;
+		c->restart_wait = 0;
 		c->expect_open = 0;
 		c->door = BANK_DOOR_OPEN;
 		c->opened_at = now;
@@ -286,6 +287,20 @@ reconcile_cell(struct bank *b, int cell, int64_t now,
 		return;
 	seen = c->raw ? BANK_DOOR_OPEN : BANK_DOOR_CLOSED;
 	c->expect_open = 0;
+	if (expected && seen == BANK_DOOR_CLOSED) {
+		/*
+		 * An unlock was recorded and the process stopped before its
+		 * door was seen open: the relay may have pulsed a moment ago
+		 * (the door is still springing) or never. Wait for the door
+		 * as for a live unlock; if it stays shut, the unlock failed
+		 * and its reservation hears so (a load or a retrieval is not
+		 * left hanging).
+		 */
+		c->unlocking = 1;
+		c->acked = 1;
+		c->restart_wait = 1;
+		c->unlock_deadline = now + b->t.unlock_confirm_ms;
+	}
 	if (seen == BANK_DOOR_OPEN) {
 		c->opened_at = now;
 		c->left_open_next = now + b->t.door_left_open_ms;
@@ -405,6 +420,14 @@ confirm_check(struct bank *b, int cell, int64_t now,
 
 	if (!c->unlocking || !c->acked || now < c->unlock_deadline)
 		return;
+	if (c->restart_wait) {
+		c->unlocking = 0;
+		c->restart_wait = 0;
+		set_text(push_event(b, out, BANK_EV_UNLOCK_FAILED, cell),
+		    "the door was not seen open after a restart");
+		push_save(out, cell);
+		return;
+	}
 	if (!b->boards[c->board].ok) {
 		/* The door cannot be seen: give up, but do not blame the
 		 * cell; the board fault has been reported already. */

@@ -86,6 +86,8 @@ struct bank_cell {
 	int attempt;
 	int64_t unlock_deadline;
 	int expect_open;     /* restored: an unlock was pending at shutdown */
+	int restart_wait;    /* that unlock, its door not yet open: waiting
+	                        unlock_confirm_ms for it, then unlock_failed */
 	int64_t left_open_next;
 	int64_t opened_at;
 	int reconcile;       /* compare sensor and stored state next tick */

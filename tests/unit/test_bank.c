@@ -424,6 +424,52 @@ test_reconcile(void **state)
 	}
 }
 
+/*
+ * Killed between the record of an unlock and its door opening: after the
+ * restart the door may still spring open (expected, no alarm), or stay
+ * shut (then the unlock failed, so its reservation is not left hanging).
+ */
+static void
+test_pending_unlock_after_restart(void **state)
+{
+	struct fixture f;
+	int open;
+
+	(void)state;
+	for (open = 0; open <= 1; open++) {
+		fixture_init(&f, NULL);
+		f.cells[0].door = BANK_DOOR_CLOSED;
+		f.cells[0].expect_open = 1;
+		inputs(&f, 0, 0, 0, 0);
+		inputs(&f, 1, 0, 0, 0);
+		bank_reconcile(&f.b, 0, &f.acts);
+		tick(&f, 0);
+		assert_string_equal(render(&f), "");
+		assert_true(f.cells[0].unlocking);
+		/* No second unlock while it is awaited. */
+		assert_int_equal(bank_unlock(&f.b, 0, "test", 10, &f.acts),
+		    BANK_ERR_BUSY);
+		if (open) {
+			inputs(&f, 0, 1, 0, 200);
+			tick(&f, 250);
+			assert_string_equal(render(&f), "door_opened:1+ save:1");
+			tick(&f, 5000);
+			assert_string_equal(render(&f), "");
+		} else {
+			tick(&f, 999);
+			assert_string_equal(render(&f), "");
+			tick(&f, 1000);
+			assert_string_equal(render(&f), "unlock_failed:1 save:1");
+			assert_true(f.cells[0].in_service);
+			/* A later opening is a forced door again. */
+			inputs(&f, 0, 1, 0, 2000);
+			tick(&f, 2050);
+			assert_string_equal(render(&f),
+			    "door_opened:1! forced_open:1 save:1");
+		}
+	}
+}
+
 static void
 test_board_first_heard_after_start(void **state)
 {
@@ -554,6 +600,7 @@ main(void)
 		cmocka_unit_test(test_board_fault_and_recovery),
 		cmocka_unit_test(test_write_failure_is_not_a_jam),
 		cmocka_unit_test(test_board_dies_while_waiting_for_the_door),
+		cmocka_unit_test(test_pending_unlock_after_restart),
 		cmocka_unit_test(test_reconcile),
 		cmocka_unit_test(test_board_first_heard_after_start),
 		cmocka_unit_test(test_next_deadline),
