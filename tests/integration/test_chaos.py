@@ -27,13 +27,11 @@ import collections
 import json
 import os
 import random
-import signal
 import sqlite3
 import threading
 import time
 
 import nacl.encoding
-import nacl.pwhash
 import nacl.signing
 
 import harness
@@ -76,10 +74,6 @@ def _iso_ms(s):
     import calendar
     t = time.strptime(s[:19], "%Y-%m-%dT%H:%M:%S")
     return calendar.timegm(t) * 1000 + int(s[20:23])
-
-
-def _pin_hash(pin=PIN):
-    return nacl.pwhash.argon2id.str(pin.encode(), opslimit=3, memlimit=8 << 20).decode()
 
 
 # ---------------------------------------------------------------------------
@@ -739,10 +733,11 @@ class Chaos:
     def drain(self, threads, timeout=45):
         """Stops the workload and waits until the locker is at rest: the
         person has closed every door, lockerd has seen it, no relay is on,
-        no cell is unlocking, no reservation is open, loading, being
-        retrieved or taken back (a retrieval run goes on by itself while
-        doors close; one whose unlock a kill lost is opened for service),
-        and the ledger has been still for a second."""
+        no cell is unlocking, no reservation is opening, open, loading,
+        being retrieved or taken back (a retrieval run goes on by itself
+        while doors close; one whose unlock a kill lost is opened for
+        service; a code whose door never opened is restored when its
+        grace window ends), and the ledger has been still for a second."""
         self.stop.set()
         for t in threads:
             t.join(timeout)
@@ -755,7 +750,7 @@ class Chaos:
             L = self.ledger
             L.refresh()
             door, coil, _, _ = self.monitor.snapshot()
-            busy = L.by_state("open", "loading", "retrieving", "taking_back")
+            busy = L.by_state("opening", "open", "loading", "retrieving", "taking_back")
             unlocking = [c["cell"] for c in self.lk.state()["cells"] if c.get("unlocking")]
             why = (f"doors open in locksim {[c for c in CELLS if door[c]]}, coils on "
                    f"{[c for c in CELLS if coil[c]]}, open in the ledger "
@@ -1110,25 +1105,28 @@ def _check(ch, person, seed, t_begin):
           f"openings, {used} codes used ({len(dead)} spent codes refused), {took:.0f} s, "
           f"seed {seed}")
 
-    # Last, after the figures, what the workload had to work around.
+    # Last, after the figures: lockerd bugs the workload had to live with.
+    # Every door opening here came from a pulse lockerd recorded (nobody
+    # forces a door in this test), so a forced_open alarm is a false one.
+    # A reservation opened for service by the staff thread was stuck.
+    findings = []
+    if forced:
+        findings.append(
+            f"{len(forced)} false forced_open alarm(s) (seqs {[f['seq'] for f in forced]}): "
+            f"a door that opened after a recorded, pulsed unlock was taken for a forced "
+            f"door. When lockerd is killed just after a pulse and is back before the door "
+            f"has sprung, start-up reconciliation (bank.c reconcile_cell) drops the stored "
+            f"pending unlock (expect_open) on seeing the door still closed.")
     stuck = s.get("stuck_opened_for_service", 0)
-    assert not stuck, \
-        f"{stuck} staff reservation(s) stuck after a kill: the unlock of a staff load or " \
-        f"retrieval was committed, lockerd died before the relay pulse, and after the " \
-        f"restart nothing retried or failed it (bank.c reconcile_cell forgets the pending " \
-        f"unlock; resv.c resv_tick gives only drop-off and pickup codes a grace window), so " \
-        f"the reservation stayed loading / retrieving with its door shut until staff opened " \
-        f"the cell for service: {sorted(set(ch.notes))}"
-
-    # Every door opening here came from a pulse
-    # lockerd recorded (nobody forces a door in this test), so a
-    # forced_open alarm is a false one.
-    assert not forced, \
-        f"{len(forced)} false forced_open alarm(s): a door that opened after a recorded, " \
-        f"pulsed unlock was taken for a forced door (seqs {[f['seq'] for f in forced]}). " \
-        f"When lockerd is killed just after a pulse and is back before the door has " \
-        f"sprung, start-up reconciliation (bank.c reconcile_cell) drops the stored " \
-        f"pending unlock (expect_open) on seeing the door still closed."
+    if stuck:
+        findings.append(
+            f"{stuck} staff reservation(s) stuck after a kill: the unlock of a staff load or "
+            f"retrieval was committed, lockerd died before the relay pulse, and after the "
+            f"restart nothing retried or failed it (bank.c reconcile_cell forgets the pending "
+            f"unlock; resv.c resv_tick gives only drop-off and pickup codes a grace window), "
+            f"so the reservation stayed loading / retrieving with its door shut until staff "
+            f"opened the cell for service: {sorted(set(ch.notes))}")
+    assert not findings, "\n".join(findings)
 
 
 # The runner's limit for this test grows with the number of kills.
