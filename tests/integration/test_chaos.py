@@ -25,9 +25,9 @@ that is dead or starting:
     transitions, and on every relay pulse reads the ledger.
 The main thread kills lockerd 0.2-3 s after each (re)start; one kill in
 three is aimed at 0-6 ms after a worker asked for a door. Board B answers
-25 ms late (a slow RS485 line), which holds unlocks back in the bus
-worker after their commit: the window between an unlock's record and its
-pulse is then wide enough to be hit.
+25 ms late (a slow RS485 line; the bus timeout is raised to 300 ms), which
+holds unlocks back in the bus worker after their commit: the window
+between an unlock's record and its pulse is then wide enough to be hit.
 
 What is checked afterwards (the locker at rest first: every door closed,
 no relay on, no cell unlocking, no reservation mid-way):
@@ -181,6 +181,13 @@ class Ledger:
 
     def seq_of(self, type, cell):
         return self.last.get((type, cell), 0)
+
+    def seq_of_before(self, type, cell, seq):
+        """The seq of the newest event of that type and cell before seq."""
+        for e in reversed(self.events[:seq - 1]):
+            if e["type"] == type and e.get("cell") == cell:
+                return e["seq"]
+        return 0
 
     def door_open(self, cell):
         return self.seq_of("door_opened", cell) > self.seq_of("door_closed", cell)
@@ -454,6 +461,9 @@ class Chaos:
         # commit, a window an aimed kill can hit.
         self.sim.cmd(f"slow {harness.BOARD_B_UNIT} 25")
         ex = harness.custody_extra(codes={"grace_s": 10})
+        # Room for that on a busy machine: a reply later than the timeout
+        # would make board B faulty, which is not what this test is about.
+        ex["bus sim"] = {"timeout_ms": 300}
         ex.update(mqtt_extra(self.broker, platform_key=PK_HEX, inflight=8))
         self.ledger = None
         self.monitor = None
@@ -470,7 +480,8 @@ class Chaos:
         self.trigger = threading.Event()
         self.stats = collections.Counter()
         self.taken = set()              # pickups an applicant has gone for
-        self.spent = {}                 # code -> resv, codes whose door opened and closed
+        self.known = {}                 # code -> resv, every drop-off code handed out
+        self.spent = {}                 # code -> resv, codes whose visit was completed
         self.reuse = []                 # (code, resv, reply) of re-typed spent codes
         self.notes = []                 # things worth saying in the report
         self.lock = threading.Lock()
@@ -554,6 +565,8 @@ class Chaos:
             self.count("reserve_lost_cancelled", bool(c and c.get("ok")))
             return
         self.count("reserved")
+        with self.lock:
+            self.known[r["code"]] = r["resv"]
         if self.use_code(kp, r["code"], r["resv"]):
             self.count("dropoffs")
             with self.lock:
@@ -1031,17 +1044,17 @@ def _check(ch, person, seed, t_begin):
     spent, bad1, unlocks = spent_codes(L.events)
     assert not bad1, "a code opened a door after its door had opened and closed:\n  " + \
         "\n  ".join(bad1[:20])
-    known = dict(ch.spent)
+    known = dict(ch.known)
     with ch.side.lock:
         known.update({c: r for r, c in ch.side.codes.items()})
     dead = {c: r for c, r in known.items() if r in spent}
     kp = Keypad(harness.kiosk_path(ch.lk))
     seq0, n0 = len(L.events), ch.monitor.last_n
     refused = collections.Counter()
-    wrong = 0
     burst = ch.cfg["kiosk"]["code_burst"]
+    wrong = burst - 1             # the workload's wrong tries count too: restart first
     for code, resv in sorted(dead.items()):
-        if wrong == burst - 1:
+        if wrong >= burst - 1:
             # The throttle (in memory) would make every further try wait
             # a second: a clean restart gives a fresh bucket, and proves
             # a clean stop after the chaos.
@@ -1138,7 +1151,8 @@ def _check(ch, person, seed, t_begin):
     print(f"chaos: figures: {dict(sorted(s.items()))}; unlocks by reason {dict(unlocks)}; "
           f"pulses {len(ch.monitor.pulses)} ({dict(pfig)}); spent codes refused "
           f"{dict(refused)}, re-typed during the run {len(ch.reuse)}; platform duplicates "
-          f"{dups}; forced_open {len(forced)}; monitor polls {ch.monitor.polls}, errors "
+          f"{dups}; alarms {dict(collections.Counter(e['type'] for e in L.events if e.get('alarm')))}; "
+          f"unlock_failed {sum(e['type'] == 'unlock_failed' for e in L.events)}; monitor polls {ch.monitor.polls}, errors "
           f"{ch.monitor.errors}; phases {[(n, round(t, 1)) for n, t in ch.phases]}")
     for f in forced:
         ctx = [(e["seq"], e["type"], e.get("reason") or e.get("door") or e.get("expected"))
@@ -1167,6 +1181,14 @@ def _check(ch, person, seed, t_begin):
     # forces a door in this test), so a forced_open alarm is a false one.
     # A reservation opened for service by the staff thread was stuck.
     findings = []
+    # A door that springs after lockerd gave its unlock up (unlock_failed,
+    # e.g. a board fault) is another story: counted, not failed on.
+    after_failure = [f for f in forced if L.seq_of_before("unlock_failed", f["cell"], f["seq"]) >
+                     L.seq_of_before("unlock", f["cell"], f["seq"])]
+    forced = [f for f in forced if f not in after_failure]
+    if after_failure:
+        print(f"chaos: {len(after_failure)} forced_open after an unlock_failed of the cell "
+              f"(seqs {[f['seq'] for f in after_failure]})")
     if forced:
         findings.append(
             f"{len(forced)} false forced_open alarm(s) (seqs {[f['seq'] for f in forced]}): "
