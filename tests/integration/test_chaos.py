@@ -551,6 +551,8 @@ class Chaos:
         if r is None or not r.get("ok"):
             why = "no reply" if r is None else r.get("reason") or r.get("error")
             self.count(f"reserve_refused: {why}")
+            if "no free cell" in str(why):
+                self.sleep(1.0)         # the locker is full: staff will make room
             self.ledger.refresh()
             resv = self.ledger.app_resv.get(app)
             if resv is not None and self.ledger.state(resv) == "reserved":
