@@ -8,6 +8,12 @@
 #   make run     deps + build + the controller against the simulator
 #   make demo    deps + build + a narrated day at the locker (sim/demo.py)
 #   make bench   deps + build + benchmarks (JSON lines on stdout)
+#   make soak    deps + build + the soak-sized tests only: each test named in
+#                SOAK_TESTS (tests/run.py -k, any of them) runs with SOAK_ENV
+#                (SOAK=1, CHAOS_KILLS=300: the chaos test kills lockerd 300
+#                times instead of the 30 of `make test`). A soak test joins
+#                by adding its name to SOAK_TESTS and reading SOAK (or its
+#                own size variable, added to SOAK_ENV).
 #   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS; `make test`
 #                replays their seeds and past crashes (fuzz-regress)
 
@@ -68,8 +74,8 @@ UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing \
 	$(BUILD)/test_cmd
 
-.PHONY: all deps test check run demo bench fuzz clean unit integration \
-	_test _bench
+.PHONY: all deps test check run demo bench soak fuzz clean unit integration \
+	_test _bench _soak
 all: $(BINS)
 
 deps:
@@ -172,6 +178,16 @@ bench: deps
 
 _bench: $(BINS) $(BUILD)/codebench
 	@$(PYTHON) tests/bench/bench.py --build $(BUILD)
+
+SOAK_TESTS ?= test_chaos::test_chaos_kill9
+SOAK_ENV   ?= SOAK=1 CHAOS_KILLS=300
+
+soak: deps
+	@$(MAKE) --no-print-directory _soak
+
+_soak: $(BINS)
+	@env $(SOAK_ENV) $(PYTHON) tests/run.py --build $(BUILD) \
+		$(addprefix -k ,$(SOAK_TESTS))
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -5,8 +5,12 @@ Runs the cmocka unit-test binaries given on the command line, then (unless
 --unit-only) every test_* function of tests/integration/test_*.py, one after
 another, each under a timeout. Ends with one line "N passed, N failed".
 
-  /usr/bin/python3 tests/run.py --build DIR [--unit-only] [-k SUBSTR]
+  /usr/bin/python3 tests/run.py --build DIR [--unit-only] [-k SUBSTR]...
                                 [--timeout S] UNIT_BIN...
+
+-k may be given more than once: a test runs if its name contains any of
+them. A test function may carry a `timeout` attribute (seconds) for a
+longer limit than --timeout (the chaos test, sized by CHAOS_KILLS).
 """
 
 import argparse
@@ -105,7 +109,7 @@ def discover(filt):
         for name, obj in mod.__dict__.items():
             if name.startswith("test_") and inspect.isfunction(obj) and obj.__module__ == modname:
                 full = f"{modname}::{name}"
-                if filt and filt not in full:
+                if filt and not any(f in full for f in filt):
                     continue
                 into.append((full, obj))
     return tests + last
@@ -125,11 +129,12 @@ def run_integration(tests, timeout):
         harness.begin_test(full)
         t0 = time.monotonic()
         err = None
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        limit = max(timeout, float(getattr(fn, "timeout", 0) or 0))
+        signal.setitimer(signal.ITIMER_REAL, limit)
         try:
             fn()
         except TestTimeout:
-            err = f"TIMEOUT after {timeout} s\n" + traceback.format_exc()
+            err = f"TIMEOUT after {limit:g} s\n" + traceback.format_exc()
         except BaseException as e:  # a test fails on any exception
             if isinstance(e, KeyboardInterrupt):
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -169,7 +174,8 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.environ.get("BUILD", "build"))
     ap.add_argument("--unit-only", action="store_true")
-    ap.add_argument("-k", dest="filter", default=None, help="run only tests whose name contains this")
+    ap.add_argument("-k", dest="filter", action="append", default=None,
+                    help="run only tests whose name contains this (repeatable: any of them)")
     ap.add_argument("--timeout", type=float, default=float(os.environ.get("TEST_TIMEOUT", 120)),
                     help="seconds per test (default 120)")
     ap.add_argument("units", nargs="*")
@@ -182,7 +188,7 @@ def main():
 
     passed = failed = 0
     for u in args.units:
-        if args.filter and args.filter not in os.path.basename(u):
+        if args.filter and not any(f in os.path.basename(u) for f in args.filter):
             continue
         p, f = run_unit(u if os.path.isabs(u) else os.path.join(ROOT, u), args.timeout)
         passed += p
