@@ -170,6 +170,7 @@ start_unlock(struct bank *b, int cell, int attempt, struct bank_actions *out)
 	struct bank_action *a;
 
 	c->unlocking = 1;
+	c->restart_wait = 0;
 	c->acked = 0;
 	c->attempt = attempt;
 	c->unlock_deadline = INT64_MAX;
@@ -198,7 +199,9 @@ bank_unlock(struct bank *b, int cell, const char *reason, int64_t now,
 		return BANK_ERR_OUT_OF_SERVICE;
 	if (!b->boards[c->board].ok)
 		return BANK_ERR_BOARD_FAULT;
-	if (c->unlocking)
+	/* Waiting for the door of an unlock from before a restart is no
+	 * reason to refuse a new one: it takes its place. */
+	if (c->unlocking && !c->restart_wait)
 		return BANK_ERR_BUSY;
 	if (c->door == BANK_DOOR_OPEN)
 		return BANK_ERR_DOOR_OPEN;

@@ -412,7 +412,7 @@ consume(struct resv_table *t, int slot, int64_t now,
 		 * same code re-opens the same cell within the grace window. */
 		if (r->door_seen_open || now - r->consumed_at >= t->t.grace_ms)
 			return RESV_ERR_USED;
-		if (c->unlocking)
+		if (c->unlocking && !c->restart_wait)
 			return RESV_OK;
 	} else if (!code_live(r->state))
 		return RESV_ERR_USED;

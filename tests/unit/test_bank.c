@@ -446,9 +446,6 @@ test_pending_unlock_after_restart(void **state)
 		tick(&f, 0);
 		assert_string_equal(render(&f), "");
 		assert_true(f.cells[0].unlocking);
-		/* No second unlock while it is awaited. */
-		assert_int_equal(bank_unlock(&f.b, 0, "test", 10, &f.acts),
-		    BANK_ERR_BUSY);
 		if (open) {
 			inputs(&f, 0, 1, 0, 200);
 			tick(&f, 250);
@@ -468,6 +465,22 @@ test_pending_unlock_after_restart(void **state)
 			    "door_opened:1! forced_open:1 save:1");
 		}
 	}
+	/* The code typed again meanwhile: a new unlock takes its place. */
+	fixture_init(&f, NULL);
+	f.cells[0].door = BANK_DOOR_CLOSED;
+	f.cells[0].expect_open = 1;
+	inputs(&f, 0, 0, 0, 0);
+	inputs(&f, 1, 0, 0, 0);
+	bank_reconcile(&f.b, 0, &f.acts);
+	tick(&f, 0);
+	render(&f);
+	assert_int_equal(bank_unlock(&f.b, 0, "test", 10, &f.acts), BANK_OK);
+	assert_string_equal(render(&f), "unlock:1#1 save:1 pulse:1");
+	assert_int_equal(bank_unlock(&f.b, 0, "test", 20, &f.acts),
+	    BANK_ERR_BUSY);
+	bank_unlock_result(&f.b, 0, 1, NULL, 30, &f.acts);
+	tick(&f, 1000);
+	assert_string_equal(render(&f), "");
 }
 
 static void
