@@ -70,6 +70,13 @@ def _finish(name, broker, plat, lk, ledger, pinger, t0, proxy=None, extra=""):
     return n, dups, reconnects
 
 
+def _publishes(proxy):
+    """How many event PUBLISHes lockerd sent through the proxy, over how
+    many distinct seqs."""
+    sent = [s for c in proxy.connections() for s in c.published]
+    return f"{len(sent)}/{len(set(sent))}"
+
+
 def test_broker_restarted_repeatedly():
     t0 = time.monotonic()
     broker = Mosquitto()
@@ -104,12 +111,14 @@ test_broker_restarted_repeatedly.timeout = 120
 def test_broker_accepts_then_drops():
     t0 = time.monotonic()
     broker = Mosquitto()
-    proxy = BrokerProxy(broker.port)
+    # A little latency on the way back, so that a drop can fall between
+    # an event reaching the broker and its PUBACK reaching lockerd.
+    proxy = BrokerProxy(broker.port, delay_s=0.05)
     plat, sim, lk, ledger, rng = _world(broker, port=proxy.port, seed=2)
     pinger = Pinger(lk)
     pinger.active = True
     wl = Workload(sim, lk, rng, bursts=12, cycles=10, opens=2).start()
-    drops = mid_burst = 0
+    drops = mid_burst = unacked = 0
     for i in range(8):
         c = wait_for(lambda: proxy.live(), 10, interval=0.01,
                      what="lockerd connected through the proxy")[0]
@@ -118,17 +127,32 @@ def test_broker_accepts_then_drops():
             # Every other drop lands inside a burst of events.
             wl.in_burst.wait(5)
         time.sleep(max(0.0, c.t_open + age - time.monotonic()))
+        if i % 2 == 1:
+            # ... and right when an event is out without its PUBACK.
+            def in_flight():
+                with c.lock:
+                    return set(c.published) - proxy.acked_seqs()
+            end = time.monotonic() + 2
+            while not in_flight() and time.monotonic() < end and not wl.done.is_set():
+                time.sleep(0.002)
         burst = wl.in_burst.is_set()
         if proxy.drop(c):
             drops += 1
             mid_burst += burst
+            # Events the broker may have that lockerd saw no PUBACK for.
+            with c.lock:
+                sent = set(c.published)
+            unacked += len(sent - proxy.acked_seqs())
         check_delivered_only_when_acked(ledger, proxy)
         assert lk.running(), "lockerd exited after a dropped connection"
     wl.join(60)
     pinger.active = False
     assert drops >= 6 and mid_burst >= 2, (drops, mid_burst)
+    assert unacked >= 2, f"only {unacked} events were in flight at the drops"
     _, _, reconnects = _finish("broker drops", broker, plat, lk, ledger, pinger, t0, proxy,
                                extra=f" drops={drops} mid_burst={mid_burst} "
+                                     f"unacked_at_drops={unacked} "
+                                     f"publishes={_publishes(proxy)} "
                                      f"proxy_conns={len(proxy.connections())}")
     assert reconnects >= drops, f"{drops} drops but {reconnects} reconnects in the log"
 
@@ -190,7 +214,8 @@ def test_broker_slow_acks():
     wl.join(60)
     pinger.active = False
     _finish("broker slow acks", broker, plat, lk, ledger, pinger, t0, proxy,
-            extra=f" in_flight_at_kill={len(in_flight)} undelivered_at_kill={len(undelivered)}")
+            extra=f" in_flight_at_kill={len(in_flight)} undelivered_at_kill={len(undelivered)} "
+                  f"publishes={_publishes(proxy)}")
 
 
 test_broker_slow_acks.timeout = 120
