@@ -79,6 +79,7 @@ class _Conn:
         self.closed = False
         self.mid_seq = {}         # packet id -> event seq, this connection
         self.published = []       # event seqs lockerd sent, in order
+        self.dup_flagged = 0      # of them, resent by libmosquitto (DUP set)
         self.lock = threading.Lock()
 
 
@@ -219,6 +220,7 @@ class BrokerProxy:
                     if mid is not None:
                         c.mid_seq[mid] = seq
                     c.published.append(seq)
+                    c.dup_flagged += bool(flags & 0x08)
             try:
                 c.up.sendall(data)
             except OSError:

@@ -72,9 +72,11 @@ def _finish(name, broker, plat, lk, ledger, pinger, t0, proxy=None, extra=""):
 
 def _publishes(proxy):
     """How many event PUBLISHes lockerd sent through the proxy, over how
-    many distinct seqs."""
+    many distinct seqs, and how many of them were libmosquitto's own
+    retransmissions (DUP flag) rather than the outbox's."""
     sent = [s for c in proxy.connections() for s in c.published]
-    return f"{len(sent)}/{len(set(sent))}"
+    dup = sum(c.dup_flagged for c in proxy.connections())
+    return f"{len(sent)}/{len(set(sent))}(dup-flagged {dup})"
 
 
 def test_broker_restarted_repeatedly():
