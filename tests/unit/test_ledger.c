@@ -460,14 +460,14 @@ test_duplicate_keys(void **state)
 	s = malloc(n + 16);
 	assert_non_null(s);
 	memcpy(s, c->text[0], n - 1);
-	strcpy(s + n - 1, ",\"cell\":4}");
+	snprintf(s + n - 1, 17, "%s", ",\"cell\":4}");
 	ledger_verify_init(&v, c->pk, 1, NULL);
 	assert_int_equal(ledger_verify_next(&v, s, strlen(s)), -1);
 	assert_true(strncmp(v.error, "seq 1: not JSON", 15) == 0);
 	assert_non_null(strstr(v.error, "duplicate"));
 
 	/* A second "sig" is refused the same way. */
-	strcpy(s + n - 1, ",\"sig\":\"x\"}");
+	snprintf(s + n - 1, 17, "%s", ",\"sig\":\"x\"}");
 	assert_int_equal(ledger_verify_next(&v, s, strlen(s)), -1);
 	assert_true(strncmp(v.error, "seq 1: not JSON", 15) == 0);
 	free(s);
