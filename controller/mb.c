@@ -436,7 +436,7 @@ do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 	struct wboard *b = NULL;
 	const struct board_profile *p;
 	char msg[96];
-	int i, rc;
+	int i, rc, e, unknown;
 
 	for (i = 0; i < w->nboards; i++)
 		if (w->boards[i].idx == cmd->board)
@@ -451,37 +451,34 @@ do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 		return;
 	}
 	p = &b->cfg->profile;
-	if (p->unlock == BOARD_UNLOCK_FLASH)
+	if (p->unlock == BOARD_UNLOCK_FLASH) {
 		rc = write_flash(w, b, cmd->channel);
-	else {
+		e = errno;
+	} else {
 		request_prepare(w, b);
 		rc = modbus_write_bit(w->ctx, board_coil_addr(p, cmd->channel),
 		    1);
+		e = errno;
 		request_done(w);
-		/* Even without a reply: the board may have switched it on. */
-		if (rc != -1 || outcome_unknown(errno))
-			schedule_off(w, (int)(b - w->boards),
-			    board_coil_addr(p, cmd->channel), now + p->pulse_ms);
 	}
+	/*
+	 * Without a good reply the request may still have gone out and the
+	 * lock be open: the coil goes off after the pulse all the same, and
+	 * the door sensor decides, within unlock_confirm_ms, as for any
+	 * unlock (a board that goes faulty meanwhile fails it then).
+	 */
+	unknown = rc == -1 && outcome_unknown(e);
+	if (p->unlock != BOARD_UNLOCK_FLASH && (rc != -1 || unknown))
+		schedule_off(w, (int)(b - w->boards),
+		    board_coil_addr(p, cmd->channel), now + p->pulse_ms);
 	if (rc == -1) {
-		int e = errno;
 		mb_strerror(e, msg, sizeof(msg));
 		board_fail(w, b, e, now);
-		if (outcome_unknown(e)) {
-			/* The request went out and the reply was lost or
-			 * spoiled: the lock may be open. The door sensor
-			 * decides, within unlock_confirm_ms, as for any
-			 * unlock; a board that goes faulty meanwhile fails it
-			 * then. */
-			log_warn("%s board %s: unlock of channel %d sent, no "
-			    "good reply (%s); waiting for the door", w->name,
-			    b->cfg->name, cmd->channel, msg);
-			report_unlock(w, cmd->board, cmd->cell, 1, NULL);
-			return;
-		}
-		log_warn("%s board %s: unlock of channel %d failed: %s",
-		    w->name, b->cfg->name, cmd->channel, msg);
-		report_unlock(w, cmd->board, cmd->cell, 0, msg);
+		log_warn("%s board %s: unlock of channel %d %s: %s", w->name,
+		    b->cfg->name, cmd->channel, unknown ? "sent, no good "
+		    "reply; waiting for the door" : "failed", msg);
+		report_unlock(w, cmd->board, cmd->cell, unknown,
+		    unknown ? NULL : msg);
 		return;
 	}
 	board_ok(w, b);
