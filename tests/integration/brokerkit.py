@@ -200,12 +200,7 @@ class BrokerProxy:
                 data = b""
             if not data:
                 break
-            buf += data
-            try:
-                pkts, buf = mqtt_packets(buf)
-            except ValueError as e:
-                self.errors.append(f"conn {c.n} c->b: {e}")
-                pkts, buf = [], b""
+            pkts, buf = self._packets(c, buf + data, "c->b")
             for typ, flags, body in pkts:
                 if typ != 3:
                     continue
@@ -226,6 +221,15 @@ class BrokerProxy:
             except OSError:
                 break
         self.drop(c)
+
+    def _packets(self, c, buf, way):
+        """Whole MQTT packets off the front of buf, and the rest; a stream
+        that does not parse is noted and dropped."""
+        try:
+            return mqtt_packets(buf)
+        except ValueError as e:
+            self.errors.append(f"conn {c.n} {way}: {e}")
+            return [], b""
 
     def _b2c_read(self, c, q, cv):
         while True:
@@ -255,12 +259,7 @@ class BrokerProxy:
                 time.sleep(min(left, 0.02))
             if not data:
                 break
-            buf += data
-            try:
-                pkts, buf = mqtt_packets(buf)
-            except ValueError as e:
-                self.errors.append(f"conn {c.n} b->c: {e}")
-                pkts, buf = [], b""
+            pkts, buf = self._packets(c, buf + data, "b->c")
             for typ, flags, body in pkts:
                 if typ == 4 and len(body) >= 2:
                     mid = int.from_bytes(body[0:2], "big")
