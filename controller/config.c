@@ -172,6 +172,8 @@ static const struct int_key mqtt_keys[] = {
 	MK(reconnect_min_ms, 50, 60000),
 	MK(reconnect_max_ms, 50, 600000),
 	MK(command_window_s, 10, 3600),
+	MK(command_rate, 1, 1000),
+	MK(command_burst, 1, 10000),
 };
 
 static int
@@ -601,6 +603,8 @@ config_defaults(struct config *c)
 	c->mqtt.reconnect_min_ms = 500;
 	c->mqtt.reconnect_max_ms = 30000;
 	c->mqtt.command_window_s = 300;
+	c->mqtt.command_rate = 200;
+	c->mqtt.command_burst = 200;
 }
 
 static int

@@ -100,6 +100,8 @@ struct config_mqtt {
 	int reconnect_max_ms;
 	char platform_key[65];         /* hex Ed25519 public key, "" none */
 	int command_window_s;          /* signed commands: |now - ts| */
+	int command_rate;              /* commands run per second, sustained */
+	int command_burst;             /* ... and at once after a quiet spell */
 };
 
 struct config {

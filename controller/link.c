@@ -544,6 +544,48 @@ execute(struct lockerd *d, const struct cmd *c)
 	return res;
 }
 
+/*
+ * The command rate limit: each command takes a token of d->cmd_thr
+ * ([mqtt] command_rate a second, command_burst at once). Without one the
+ * command is answered "busy" with the wait, and not run or recorded: the
+ * platform sends it again, under the same request id, after that wait.
+ * Returns 1 when the command may run.
+ */
+static int
+admit(struct lockerd *d, const struct cmd *c)
+{
+	int64_t now = util_mono_ms(), wait;
+	json_t *res, *x;
+	char *text;
+
+	if ((wait = throttle_wait(&d->cmd_thr, now)) == 0) {
+		if (throttle_fail(&d->cmd_thr, now)) {
+			log_warn("mqtt: more than %d commands at once; the "
+			    "excess is answered busy at %d a second",
+			    d->cfg.mqtt.command_burst, d->cfg.mqtt.command_rate);
+			x = json_pack("{s:b, s:i, s:i}", "alarm", 1, "burst",
+			    d->cfg.mqtt.command_burst, "rate",
+			    d->cfg.mqtt.command_rate);
+			if (x == NULL || lockerd_record(d, "command_flood", x) ==
+			    -1)
+				log_error("could not record the command_flood "
+				    "alarm");
+			json_decref(x);
+		}
+		return 1;
+	}
+	throttle_refused(&d->cmd_thr);
+	res = refusal("busy", NULL, "too many commands: the locker runs at "
+	    "most [mqtt] command_rate a second; this one was not run, send "
+	    "it again after retry_after_ms");
+	if (res != NULL)
+		json_object_set_new(res, "retry_after_ms", json_integer(wait));
+	if ((text = reply_text(c->request_id, res)) != NULL)
+		send_reply(d, text);
+	free(text);
+	return 0;
+}
+
 static void
 command(struct lockerd *d, const char *payload, size_t len)
 {
@@ -563,6 +605,8 @@ command(struct lockerd *d, const char *payload, size_t len)
 		cmd_free(&c);
 		return;
 	}
+	if (!admit(d, &c))
+		goto out;
 	/* Once only: a repeat gets the stored reply, an unknown outcome is
 	 * said so and never run again. */
 	rc = store_cmd_get(d->store, c.request_id, state, sizeof(state),

@@ -979,6 +979,12 @@ lockerd_start_offline(struct lockerd *d)
 	    (int64_t)d->cfg.kiosk.code_refill_s * 1000, util_mono_ms());
 	throttle_init(&d->pin_thr, d->cfg.kiosk.pin_burst,
 	    (int64_t)d->cfg.kiosk.pin_refill_s * 1000, util_mono_ms());
+	/* A guesser who keeps the keypad throttled is reported again every
+	 * 100 failures (about 8 hours at the default refill). */
+	d->code_thr.realarm = d->pin_thr.realarm = KIOSK_REALARM;
+	/* Not failures here: every command takes a token (link.c). */
+	throttle_init_rate(&d->cmd_thr, d->cfg.mqtt.command_burst,
+	    d->cfg.mqtt.command_rate, util_mono_ms());
 	return load_resv(d);
 }
 

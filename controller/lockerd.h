@@ -80,6 +80,7 @@ struct lockerd {
 	uint8_t ledger_pend[32];        /* ... of the last one in this tx */
 	struct jsonl *kiosk;
 	struct throttle code_thr, pin_thr;
+	struct throttle cmd_thr;        /* platform commands (link.c) */
 	struct staff session;           /* id "" when nobody is logged in */
 	int64_t session_until;          /* monotonic ms */
 	struct platform *link;          /* NULL: no [mqtt] host */

@@ -5,6 +5,7 @@
 #include "platform.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <mosquitto.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -15,10 +16,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cmd.h"
 #include "log.h"
 #include "util.h"
 
 #define REPS_MAX 4096
+/*
+ * Commands waiting for the main loop, at most, and their bytes. The rest
+ * of the ring is for acks and link changes, which must never be crowded
+ * out. A flood costs at most MSGS_BYTES bytes of payload.
+ */
+#define MSGS_MAX 256
+#define MSGS_BYTES (1024 * 1024)
+/* The codec refuses longer commands, reading this much to find their
+ * request id (cmd.c). */
+#define MSG_KEEP (16 * CMD_PAYLOAD_MAX + 1)
 
 struct platform {
 	struct mosquitto *mosq;
@@ -31,6 +43,9 @@ struct platform {
 	pthread_mutex_t lock;           /* guards the report ring */
 	struct platform_rep reps[REPS_MAX];
 	int head, count, dropped;
+	int msgs;                       /* PLATFORM_MESSAGE in the ring */
+	size_t msg_bytes;               /* ... and their payloads */
+	long overflowed;                /* commands answered busy here */
 };
 
 static void
@@ -49,6 +64,10 @@ report(struct platform *p, const struct platform_rep *r)
 	} else {
 		p->reps[(p->head + p->count) % REPS_MAX] = *r;
 		p->count++;
+		if (r->type == PLATFORM_MESSAGE) {
+			p->msgs++;
+			p->msg_bytes += r->len;
+		}
 	}
 	pthread_mutex_unlock(&p->lock);
 	if (write(p->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
@@ -105,16 +124,67 @@ on_publish(struct mosquitto *m, void *arg, int mid)
 	report(p, &r);
 }
 
+/*
+ * The main loop is this far behind: answer "busy" from here, without
+ * running the command, so that the excess of a flood is refused with a
+ * reason and not dropped in silence.
+ */
+static void
+overflow(struct platform *p, const struct mosquitto_message *msg)
+{
+	json_t *o, *id = NULL;
+	char topic[200], *text;
+	long n;
+
+	if (msg->payloadlen > 0 && msg->payloadlen < MSG_KEEP &&
+	    (o = json_loadb(msg->payload, (size_t)msg->payloadlen, 0,
+	    NULL)) != NULL) {
+		id = json_object_get(o, "request_id");
+		id = json_is_string(id) && json_string_length(id) <= 64 ?
+		    json_incref(id) : NULL;
+		json_decref(o);
+	}
+	o = json_pack("{s:b, s:s, s:s, s:i, s:o}", "ok", 0, "error", "busy",
+	    "reason", "the locker's command queue is full; this command was "
+	    "not run, send it again after retry_after_ms", "retry_after_ms",
+	    1000, "request_id", id != NULL ? id : json_null());
+	text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	snprintf(topic, sizeof(topic), "%sreply", p->prefix);
+	if (text == NULL || mosquitto_publish(p->mosq, NULL, topic,
+	    (int)strlen(text), text, 1, 0) != MOSQ_ERR_SUCCESS)
+		log_warn("mqtt: a busy reply could not be sent");
+	free(text);
+	pthread_mutex_lock(&p->lock);
+	n = ++p->overflowed;
+	pthread_mutex_unlock(&p->lock);
+	/* Once per power of two: a flood does not flood the log. */
+	if ((n & (n - 1)) == 0)
+		log_warn("mqtt: %ld commands answered busy: %d wait already",
+		    n, MSGS_MAX);
+}
+
 static void
 on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 {
 	struct platform *p = arg;
 	struct platform_rep r;
+	size_t len = (size_t)(msg->payloadlen > 0 ? msg->payloadlen : 0);
+	int full;
 
 	(void)m;
+	if (len > MSG_KEEP)
+		len = MSG_KEEP;
+	pthread_mutex_lock(&p->lock);
+	full = p->msgs >= MSGS_MAX || p->msg_bytes + len > MSGS_BYTES;
+	pthread_mutex_unlock(&p->lock);
+	if (full) {
+		overflow(p, msg);
+		return;
+	}
 	memset(&r, 0, sizeof(r));
 	r.type = PLATFORM_MESSAGE;
-	r.len = (size_t)(msg->payloadlen > 0 ? msg->payloadlen : 0);
+	r.len = len;
 	r.topic = strdup(msg->topic);
 	r.payload = malloc(r.len + 1);
 	if (r.topic == NULL || r.payload == NULL) {
@@ -275,6 +345,10 @@ platform_drain(struct platform *p, struct platform_rep *out, int max)
 		log_error("mqtt: eventfd: %s", strerror(errno));
 	pthread_mutex_lock(&p->lock);
 	while (i < max && p->count > 0) {
+		if (p->reps[p->head].type == PLATFORM_MESSAGE) {
+			p->msgs--;
+			p->msg_bytes -= p->reps[p->head].len;
+		}
 		out[i++] = p->reps[p->head];
 		p->head = (p->head + 1) % REPS_MAX;
 		p->count--;

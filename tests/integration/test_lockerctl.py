@@ -430,7 +430,7 @@ def test_staff_add_login_revoke():
     seq0 = lk.last_seq()
     r = lockerctl(broker.port, "staff-add", "bob", "--name", "Bob B", expect=0)
     assert reply_of(r).get("ok") is True, r.stdout
-    m = re.search(r"^PIN for bob: (\d{6}) \(shown once", r.stdout, re.M)
+    m = re.search(r"^PIN for bob: (\d{8}) \(shown once", r.stdout, re.M)
     assert m, r.stdout
     pin = m.group(1)
     rep = kc.login("bob", pin)

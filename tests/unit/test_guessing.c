@@ -151,6 +151,7 @@ test_a_year_of_guessing(void **state)
 
 	(void)state;
 	throttle_init(&th, BURST, REFILL_MS, now);
+	th.realarm = KIOSK_REALARM;
 	rng_state = 0x2545f4914f6cdd1dULL;
 	while (now < YEAR_MS) {
 		if ((wait = throttle_wait(&th, now)) > 0) {
@@ -180,8 +181,10 @@ test_a_year_of_guessing(void **state)
 	assert_int_equal(opened, 0);
 	/* Never locked for more than five minutes at a time. */
 	assert_true(max_wait <= 5 * 60 * 1000);
-	/* One alarm: the episode never ended (the bucket never refilled). */
-	assert_int_equal(alarms, 1);
+	/* The episode never ended (the bucket never refilled): one alarm
+	 * when it began, then one every KIOSK_REALARM failures, about three
+	 * a day, so the platform sees the guessing go on. */
+	assert_int_equal(alarms, 1 + (attempts - BURST) / KIOSK_REALARM);
 	locker_free(l);
 }
 
@@ -254,6 +257,32 @@ test_alarm_once_per_episode(void **state)
 }
 
 static void
+test_alarm_again_while_guessing_goes_on(void **state)
+{
+	struct throttle th;
+	int64_t now = 0;
+	int alarms = 0, i;
+
+	(void)state;
+	throttle_init(&th, BURST, REFILL_MS, now);
+	th.realarm = KIOSK_REALARM;
+	for (i = 0; i < BURST; i++)
+		alarms += throttle_fail(&th, now);
+	assert_int_equal(alarms, 1);
+	for (i = 1; i <= 3 * KIOSK_REALARM; i++) {
+		now += throttle_wait(&th, now);
+		alarms += throttle_fail(&th, now);
+		/* Exactly at each KIOSK_REALARM-th failure of the episode. */
+		assert_int_equal(alarms, 1 + i / KIOSK_REALARM);
+	}
+	/* The guesser left; a new episode starts with its own alarm. */
+	now += BURST * REFILL_MS;
+	for (i = 0; i < BURST; i++)
+		alarms += throttle_fail(&th, now);
+	assert_int_equal(alarms, 5);
+}
+
+static void
 test_second_factor(void **state)
 {
 	struct locker *l = locker_new(1);
@@ -286,6 +315,7 @@ main(void)
 		cmocka_unit_test(test_a_year_of_guessing),
 		cmocka_unit_test(test_mistypes_are_not_delayed),
 		cmocka_unit_test(test_alarm_once_per_episode),
+		cmocka_unit_test(test_alarm_again_while_guessing_goes_on),
 		cmocka_unit_test(test_second_factor),
 	};
 
