@@ -179,7 +179,7 @@ bench: deps
 _bench: $(BINS) $(BUILD)/codebench
 	@$(PYTHON) tests/bench/bench.py --build $(BUILD)
 
-SOAK_TESTS ?= test_chaos::test_chaos_kill9
+SOAK_TESTS ?= test_chaos::test_chaos_kill9 test_load::test_load_100_commands_a_second
 SOAK_ENV   ?= SOAK=1 CHAOS_KILLS=300
 
 soak: deps
