@@ -229,7 +229,8 @@ class Ledger:
         return self.started[-1] if self.started else 0
 
     def by_state(self, *states):
-        return [r for r in self.resv if self.state(r) in states]
+        with self.lock:     # another thread's refresh() adds to resv
+            return [r for r in list(self.resv) if self.state(r) in states]
 
 
 # ---------------------------------------------------------------------------
