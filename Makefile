@@ -24,13 +24,13 @@ PKG_CONFIG ?= pkg-config
 PYTHON    ?= /usr/bin/python3
 VERSION   := 0.1.0
 
-PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih
+PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih libsystemd
 
 DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
 	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
 	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
 	python3 python3-paho-mqtt python3-jsonschema python3-nacl python3-yaml valgrind \
-	libfaketime
+	libfaketime libsystemd-dev
 
 WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	-Wshadow -Wformat=2
@@ -56,7 +56,7 @@ CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
 	controller/store.c controller/mb.c controller/ctl.c controller/util.c \
 	controller/resv.c controller/codes.c controller/throttle.c \
 	controller/kiosk.c controller/staff.c controller/custody.c \
-	controller/platform.c controller/link.c
+	controller/platform.c controller/link.c controller/notify.c
 GEN_SRC   := $(BUILD)/gen/embedded.c
 
 BOARD_FILES  := $(sort $(wildcard proto/boards/*.ini))

@@ -17,6 +17,7 @@
 #include "custody.h"
 #include "ledger.h"
 #include "log.h"
+#include "notify.h"
 #include "util.h"
 
 struct body_arg {
@@ -139,7 +140,11 @@ static int
 tx_begin(struct lockerd *d)
 {
 	memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
-	return store_begin(d->store);
+	if (store_begin(d->store) == -1) {
+		d->db_failing = 1;
+		return -1;
+	}
+	return 0;
 }
 
 static int
@@ -147,9 +152,11 @@ tx_commit(struct lockerd *d)
 {
 	if (store_commit(d->store) == -1) {
 		memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
+		d->db_failing = 1;
 		return -1;
 	}
 	memcpy(d->ledger_prev, d->ledger_pend, sizeof(d->ledger_prev));
+	d->db_failing = 0;
 	return 0;
 }
 
@@ -723,7 +730,7 @@ load_cells(struct lockerd *d)
 static int
 first_read(struct lockerd *d)
 {
-	int64_t deadline = util_mono_ms() + d->cfg.timing.startup_read_ms;
+	int64_t deadline = util_mono_ms() + d->cfg.timing.startup_read_ms, left;
 	struct bank_actions acts;
 	struct pollfd pfd;
 	int i, waiting;
@@ -738,7 +745,11 @@ first_read(struct lockerd *d)
 			break;
 		pfd.fd = mb_fd(d->mb);
 		pfd.events = POLLIN;
-		if (poll(&pfd, 1, (int)(deadline - util_mono_ms())) > 0)
+		/* Waiting for boards is progress: the watchdog hears of it. */
+		notify_watchdog();
+		left = deadline - util_mono_ms();
+		if (poll(&pfd, 1, left > 1000 ? 1000 : left < 0 ? 0 :
+		    (int)left) > 0)
 			lockerd_mb_dispatch(d);
 	}
 	for (i = 0; i < d->cfg.nboards; i++)
@@ -1021,6 +1032,49 @@ lockerd_stop(struct lockerd *d)
 	codes_keys_free(d->keys);
 	d->keys = NULL;
 	sodium_memzero(&d->session, sizeof(d->session));
+}
+
+int
+lockerd_health(struct lockerd *d, char *why, size_t len)
+{
+	if (store_check(d->store, why, len) == -1)
+		return -1;
+	if (d->db_failing) {
+		snprintf(why, len, "the last database transaction failed "
+		    "(see the log above) and none has succeeded since");
+		return -1;
+	}
+	return 0;
+}
+
+int64_t
+lockerd_watchdog(struct lockerd *d, int64_t now)
+{
+	char why[sizeof(d->wd_why)];
+
+	if (d->wd_ms <= 0)
+		return INT64_MAX;
+	if (now < d->wd_next)
+		return d->wd_next;
+	d->wd_next = now + d->wd_ms;
+	if (lockerd_health(d, why, sizeof(why)) == 0) {
+		notify_watchdog();
+		if (d->wd_sick) {
+			log_info("watchdog: healthy again, pinging");
+			notify_status("running; locker %s, %d cells",
+			    d->cfg.locker_id, d->cfg.ncells);
+			d->wd_sick = 0;
+		}
+		return d->wd_next;
+	}
+	if (!d->wd_sick || strcmp(why, d->wd_why) != 0) {
+		log_error("watchdog: not pinging, the database is not usable: "
+		    "%s", why);
+		notify_status("database not usable: %s", why);
+		util_strlcpy(d->wd_why, why, sizeof(d->wd_why));
+	}
+	d->wd_sick = 1;
+	return d->wd_next;
 }
 
 void

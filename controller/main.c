@@ -22,6 +22,7 @@
 #include "lockerd.h"
 #include "platform.h"
 #include "log.h"
+#include "notify.h"
 #include "util.h"
 
 #define OVERRIDES_MAX 32
@@ -134,6 +135,8 @@ run(struct lockerd *d, int sigfd)
 		if ((t = resv_next_deadline(&d->resv)) != INT64_MAX &&
 		    now + (t - wall) < next)
 			next = now + (t > wall ? t - wall : 0);
+		if ((t = lockerd_watchdog(d, now)) < next)
+			next = t;
 		timeout = next == INT64_MAX ? -1 : next <= now ? 0 :
 		    next - now > 60000 ? 60000 : (int)(next - now);
 		n = poll(pfd, (nfds_t)(PFD_CTL + nctl + nkiosk), timeout);
@@ -436,8 +439,19 @@ main(int argc, char **argv)
 		fatal("signals: %s", strerror(errno));
 	log_info("lockerd %s starting, configuration %s", LOCKERD_VERSION,
 	    config_path ? config_path : "(built-in default)");
-	rc = lockerd_start(&d) == 0 && link_start(&d) == 0 ? run(&d, sigfd) :
-	    -1;
+	notify_status("starting: database, keys, first read of the boards");
+	rc = -1;
+	if (lockerd_start(&d) == 0 && link_start(&d) == 0) {
+		/* Pings from the loop at half the interval systemd gave. */
+		d.wd_ms = notify_watchdog_ms() / 2;
+		if (d.wd_ms > 0)
+			log_info("watchdog: pinging every %lld ms while healthy",
+			    (long long)d.wd_ms);
+		notify_ready("running; locker %s, %d cells on %d boards",
+		    d.cfg.locker_id, d.cfg.ncells, d.cfg.nboards);
+		rc = run(&d, sigfd);
+	}
+	notify_stopping();
 	link_stop(&d);
 	lockerd_stop(&d);
 	close(sigfd);
