@@ -365,6 +365,9 @@ main(int argc, char **argv)
 	char err[512];
 	sigset_t set;
 
+	/* The database holds undelivered codes and the key file secrets:
+	 * whatever lockerd creates is its own alone unless it says so. */
+	umask(077);
 	while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
