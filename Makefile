@@ -45,7 +45,7 @@ DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
 	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
 	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
 	python3 python3-paho-mqtt python3-jsonschema python3-nacl python3-yaml valgrind \
-	libfaketime libsystemd-dev
+	libfaketime libsystemd-dev systemd
 
 WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	-Wshadow -Wformat=2
