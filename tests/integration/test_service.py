@@ -14,7 +14,7 @@ import time
 import harness
 from harness import Locksim, Lockerd, config, open_cell
 
-WATCHDOG_USEC = 1000000  # lockerd pings every 0.5 s
+WATCHDOG_USEC = 2000000  # lockerd pings every second
 
 
 class NotifySocket:
@@ -95,12 +95,12 @@ def test_notify_ready_watchdog_stopping():
     assert any(s.startswith("starting") for s in status), status
     assert any(s.startswith("running") and "24 cells" in s for s in status), status
     # Pings at about half of WATCHDOG_USEC, from the loop, while idle.
-    time.sleep(2.5)
+    time.sleep(3.5)
     pings = ns.times("WATCHDOG", "1", since=ready)
-    assert len(pings) >= 4, f"only {len(pings)} watchdog pings in 2.5 s"
+    assert len(pings) >= 3, f"only {len(pings)} watchdog pings in 3.5 s"
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     assert max(gaps) < WATCHDOG_USEC / 1e6, f"gap between pings over WatchdogSec: {gaps}"
-    assert "watchdog: pinging every 500 ms" in _log(lk)
+    assert "watchdog: pinging every 1000 ms" in _log(lk)
     # A door still opens as before.
     open_cell(lk, 3)
     t = time.monotonic()
@@ -141,13 +141,13 @@ def test_watchdog_stops_when_loop_wedged():
     assert lk.ctl({"op": "ping"}).get("ok")
     ping_took = time.monotonic() - t0
     time.sleep(max(0.0, t_lock + 6 - time.monotonic()))
-    pings = ns.times("WATCHDOG", "1", since=t_lock + 0.6)
+    pings = ns.times("WATCHDOG", "1", since=t_lock + 0.1)
     blocker.execute("ROLLBACK")
     blocker.close()
     t_free = time.monotonic()
     log = _log(lk)
     print(f"  control ping took {ping_took:.1f} s while the lock was held; "
-          f"pings in the 5.4 s after: {len(pings)}")
+          f"pings in the 5.9 s after: {len(pings)}")
     assert ping_took > 2, f"the loop answered in {ping_took:.2f} s: it was not wedged"
     assert not pings, f"pinged the watchdog {len(pings)} times while wedged"
     assert "watchdog: not pinging" in log and "database is locked" in log, log[-3000:]
@@ -179,8 +179,8 @@ def test_watchdog_stops_when_database_lost():
     t_gone = time.monotonic()
     harness.wait_for(lambda: "watchdog: not pinging" in _log(lk), 3,
                      what="the log saying why the pings stop")
-    time.sleep(2.5)
-    pings = ns.times("WATCHDOG", "1", since=t_gone + 0.6)
+    time.sleep(3)
+    pings = ns.times("WATCHDOG", "1", since=t_gone + 0.1)
     assert not pings, f"{len(pings)} pings after the database was deleted"
     log = _log(lk)
     assert "No such file or directory" in log and lk.db_path in log, log[-2000:]
