@@ -96,6 +96,19 @@ def test_install_destdir():
     assert re.search(r"\nWatchdogSec=\d+s\n", unit), unit
     users = open(os.path.join(dest, "usr/lib/sysusers.d/lockerd.conf")).read()
     assert re.search(r"^u lockerd - ", users, re.M), users
+    # The installed sysusers file makes the user, in a root of its own.
+    su = shutil.which("systemd-sysusers")
+    if su:
+        sr = os.path.join(d, "sysroot")
+        os.makedirs(os.path.join(sr, "etc"))
+        os.makedirs(os.path.join(sr, "usr/lib/sysusers.d"))
+        shutil.copy(os.path.join(dest, "usr/lib/sysusers.d/lockerd.conf"),
+                    os.path.join(sr, "usr/lib/sysusers.d/lockerd.conf"))
+        r = subprocess.run([su, f"--root={sr}"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        pw = open(os.path.join(sr, "etc/passwd")).read()
+        assert re.search(r"^lockerd:x:\d+:\d+:[^:]*:/var/lib/lockerd:\S*nologin$", pw, re.M), pw
+        assert re.search(r"^lockerd:x:\d+:", open(os.path.join(sr, "etc/group")).read(), re.M)
 
     # The configuration: every key of the built-in default is there with
     # its default, commented out; the installed file sets the state and
