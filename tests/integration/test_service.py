@@ -5,6 +5,7 @@ lost, SIGHUP reloads, and running as an unprivileged user."""
 
 import os
 import pwd
+import re
 import signal
 import socket
 import sqlite3
@@ -281,5 +282,28 @@ def test_runs_as_nobody():
         assert st.st_mode & 0o777 == mode, f"{name} mode {oct(st.st_mode & 0o777)}"
     st = os.stat(os.path.join(home, "state", "lockerd.db"))
     assert st.st_uid == nobody.pw_uid and st.st_mode & 0o077 == 0, oct(st.st_mode)
+    lk.stop()
+    sim.stop()
+
+
+def test_journal_priorities():
+    """With stderr the journal (JOURNAL_STREAM names it), each line starts
+    with its syslog priority, for journalctl -p, and has no time stamp."""
+    sim = Locksim()
+    lk = Lockerd(config(sim), start=False)
+    open(lk.log_path, "a").close()
+    st = os.stat(lk.log_path)
+    env = harness.daemon_env()
+    env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    lk.env = env
+    lk.start()
+    lk.wait_event("started")
+    sim.cmd("offline 2 on")
+    harness.wait_for(lambda: "faulty after" in _log(lk), 5, what="a warning")
+    lines = [l for l in _log(lk).splitlines() if not l.startswith("=====")]
+    assert lines and all(re.match(r"^<[3-7]>(error|warn|info|debug): ", l) for l in lines), lines
+    assert any(l.startswith("<6>info: locker test-locker") for l in lines), lines
+    assert any(l.startswith("<4>warn: ") and "faulty" in l for l in lines), lines
+    sim.cmd("offline 2 off")
     lk.stop()
     sim.stop()
