@@ -1079,7 +1079,7 @@ lockerd_watchdog(struct lockerd *d, int64_t now)
 	return d->wd_next;
 }
 
-/* What SIGHUP cannot apply: "[section] key" for each change, to out. */
+/* What SIGHUP cannot apply: "[section] key" of each change. */
 struct restart_list {
 	char text[512];
 	int n;
