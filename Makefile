@@ -16,21 +16,36 @@
 #                own size variable, added to SOAK_ENV).
 #   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS; `make test`
 #                replays their seeds and past crashes (fuzz-regress)
+#   make install PREFIX=/usr/local DESTDIR=   the binaries, board profiles,
+#                man pages, systemd unit and sysusers file, and
+#                /etc/lockerd/lockerd.conf unless one is there; uninstall
+#                removes them again but keeps the configuration and state
 
 BUILD     ?= build
+PREFIX    ?= /usr/local
+BINDIR    ?= $(PREFIX)/bin
+SBINDIR   ?= $(PREFIX)/sbin
+DATADIR   ?= $(PREFIX)/share
+MANDIR    ?= $(DATADIR)/man
+SYSCONFDIR ?= /etc
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+PROFILEDIR := $(DATADIR)/lockerd/boards
+DESTDIR   ?=
+INSTALL   ?= install
 SAN       ?= 0
 CC        ?= cc
 PKG_CONFIG ?= pkg-config
 PYTHON    ?= /usr/bin/python3
 VERSION   := 0.1.0
 
-PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih
+PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih libsystemd
 
 DEB_PKGS := build-essential pkg-config libmodbus-dev libmosquitto-dev \
 	mosquitto mosquitto-clients libsqlite3-dev sqlite3 libsodium-dev \
 	libjansson-dev libinih-dev libcmocka-dev clang libclang-rt-14-dev \
 	python3 python3-paho-mqtt python3-jsonschema python3-nacl python3-yaml valgrind \
-	libfaketime
+	libfaketime libsystemd-dev systemd
 
 WARN := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	-Wshadow -Wformat=2
@@ -38,6 +53,7 @@ CFLAGS ?= -O2 -g
 PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' \
+	-DLOCKERD_PROFILE_DIR='"$(PROFILEDIR)"' \
 	$(WARN) $(CFLAGS) -MMD -MP -Iproto -Icontroller -Isim -I$(BUILD)/gen \
 	$(PKG_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS)
@@ -56,7 +72,7 @@ CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
 	controller/store.c controller/mb.c controller/ctl.c controller/util.c \
 	controller/resv.c controller/codes.c controller/throttle.c \
 	controller/kiosk.c controller/staff.c controller/custody.c \
-	controller/platform.c controller/link.c
+	controller/platform.c controller/link.c controller/notify.c
 GEN_SRC   := $(BUILD)/gen/embedded.c
 
 BOARD_FILES  := $(sort $(wildcard proto/boards/*.ini))
@@ -75,7 +91,7 @@ UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_cmd
 
 .PHONY: all deps test check run demo bench soak fuzz clean unit integration \
-	_test _bench _soak
+	_test _bench _soak install uninstall FORCE
 all: $(BINS)
 
 deps:
@@ -110,6 +126,13 @@ $(BUILD)/obj/gen/embedded.o: $(GEN_SRC)
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# The profile folder is compiled into config.c: rebuild it when PREFIX
+# (or DATADIR) changes, e.g. between `make` and `make install PREFIX=/usr`.
+$(BUILD)/gen/paths.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(PROFILEDIR)' | cmp -s - $@ || echo '$(PROFILEDIR)' > $@
+$(call obj,controller/config.c): $(BUILD)/gen/paths.stamp
 
 $(BUILD)/lockerd: $(call obj,controller/main.c) $(CORE_OBJ) $(PROTO_OBJ)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
@@ -192,7 +215,63 @@ _soak: $(BINS)
 clean:
 	rm -rf build build-san build-fuzz
 
+MAN1 := man/lockerctl.1 man/locksim.1 man/kiosk.1
+MAN5 := man/lockerd.conf.5
+MAN8 := man/lockerd.8
+CONF_DEST := $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf
+
+# Paths the unit names, for this PREFIX.
+$(BUILD)/lockerd.service: dist/lockerd.service.in FORCE
+	@mkdir -p $(dir $@)
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		dist/lockerd.service.in > $@.tmp && mv $@.tmp $@
+
+install: $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/kiosk \
+		$(BUILD)/lockerd.service
+	$(INSTALL) -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) \
+		$(DESTDIR)$(PROFILEDIR) $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/lockerd
+	$(INSTALL) -m 0755 $(BUILD)/lockerd $(DESTDIR)$(SBINDIR)/lockerd
+	$(INSTALL) -m 0755 $(BUILD)/locksim $(BUILD)/kiosk sim/lockerctl \
+		$(DESTDIR)$(BINDIR)
+	$(INSTALL) -m 0644 $(BOARD_FILES) $(DESTDIR)$(PROFILEDIR)
+	$(INSTALL) -m 0644 $(MAN1) $(DESTDIR)$(MANDIR)/man1
+	$(INSTALL) -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5
+	$(INSTALL) -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8
+	$(INSTALL) -m 0644 $(BUILD)/lockerd.service $(DESTDIR)$(UNITDIR)
+	$(INSTALL) -m 0644 dist/lockerd.sysusers \
+		$(DESTDIR)$(SYSUSERSDIR)/lockerd.conf
+	@if [ -e $(CONF_DEST) ]; then \
+		echo "make install: keeping $(CONF_DEST); the new example is" \
+		    "$(CONF_DEST).dist"; \
+		$(INSTALL) -m 0644 dist/lockerd.conf $(CONF_DEST).dist; \
+	else \
+		echo "$(INSTALL) -m 0644 dist/lockerd.conf $(CONF_DEST)"; \
+		$(INSTALL) -m 0644 dist/lockerd.conf $(CONF_DEST); \
+	fi
+	@[ -n "$(DESTDIR)" ] || echo "make install: next, as root:" \
+	    "systemd-sysusers $(SYSUSERSDIR)/lockerd.conf;" \
+	    "edit $(SYSCONFDIR)/lockerd/lockerd.conf;" \
+	    "systemctl daemon-reload; systemctl enable --now lockerd"
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/lockerd $(DESTDIR)$(BINDIR)/locksim \
+		$(DESTDIR)$(BINDIR)/kiosk $(DESTDIR)$(BINDIR)/lockerctl \
+		$(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MAN1))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8))) \
+		$(DESTDIR)$(UNITDIR)/lockerd.service \
+		$(DESTDIR)$(SYSUSERSDIR)/lockerd.conf \
+		$(addprefix $(DESTDIR)$(PROFILEDIR)/,$(notdir $(BOARD_FILES)))
+	-rmdir $(DESTDIR)$(PROFILEDIR) $(DESTDIR)$(DATADIR)/lockerd 2>/dev/null
+	@echo "make uninstall: kept $(DESTDIR)$(SYSCONFDIR)/lockerd and the" \
+	    "state folder (/var/lib/lockerd under systemd)"
+
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # libFuzzer targets (clang): tests/fuzz/fuzz.mk.
 include tests/fuzz/fuzz.mk
+
+FORCE:

@@ -20,6 +20,11 @@
 #include "util.h"
 
 #define CONFIG_FILE_MAX (1024 * 1024)
+
+/* Where make install puts the board profiles; profile_dir overrides it. */
+#ifndef LOCKERD_PROFILE_DIR
+#define LOCKERD_PROFILE_DIR "/usr/local/share/lockerd/boards"
+#endif
 #define SEEN_MAX 1024
 
 struct parse {
@@ -660,15 +665,16 @@ load_profile(struct config *c, struct config_board *b, char *err,
 		b->profile = *bp;
 		return 0;
 	}
-	if (c->profile_dir[0] == '\0') {
+	snprintf(path, sizeof(path), "%s/%s.ini", c->profile_dir[0] ?
+	    c->profile_dir : LOCKERD_PROFILE_DIR, b->profile_name);
+	if ((f = fopen(path, "r")) == NULL && c->profile_dir[0] == '\0') {
 		snprintf(err, errlen, "%s: unknown board profile '%s' "
 		    "(built in: generic-24, generic-16, waveshare-relay-d; "
-		    "set profile_dir for others)", at, b->profile_name);
+		    "no %s; set profile_dir for others)", at, b->profile_name,
+		    path);
 		return -1;
 	}
-	snprintf(path, sizeof(path), "%s/%s.ini", c->profile_dir,
-	    b->profile_name);
-	if ((f = fopen(path, "r")) == NULL) {
+	if (f == NULL) {
 		snprintf(err, errlen, "%s: board profile '%s': %s: %s", at,
 		    b->profile_name, path, strerror(errno));
 		return -1;

@@ -9,6 +9,8 @@
 #include <jansson.h>
 #include <poll.h>
 #include <sodium.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 #include "custody.h"
 #include "ledger.h"
 #include "log.h"
+#include "notify.h"
 #include "util.h"
 
 struct body_arg {
@@ -139,7 +142,11 @@ static int
 tx_begin(struct lockerd *d)
 {
 	memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
-	return store_begin(d->store);
+	if (store_begin(d->store) == -1) {
+		d->db_failing = 1;
+		return -1;
+	}
+	return 0;
 }
 
 static int
@@ -147,9 +154,11 @@ tx_commit(struct lockerd *d)
 {
 	if (store_commit(d->store) == -1) {
 		memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
+		d->db_failing = 1;
 		return -1;
 	}
 	memcpy(d->ledger_prev, d->ledger_pend, sizeof(d->ledger_prev));
+	d->db_failing = 0;
 	return 0;
 }
 
@@ -723,7 +732,7 @@ load_cells(struct lockerd *d)
 static int
 first_read(struct lockerd *d)
 {
-	int64_t deadline = util_mono_ms() + d->cfg.timing.startup_read_ms;
+	int64_t deadline = util_mono_ms() + d->cfg.timing.startup_read_ms, left;
 	struct bank_actions acts;
 	struct pollfd pfd;
 	int i, waiting;
@@ -738,7 +747,11 @@ first_read(struct lockerd *d)
 			break;
 		pfd.fd = mb_fd(d->mb);
 		pfd.events = POLLIN;
-		if (poll(&pfd, 1, (int)(deadline - util_mono_ms())) > 0)
+		/* Waiting for boards is progress: the watchdog hears of it. */
+		notify_watchdog();
+		left = deadline - util_mono_ms();
+		if (poll(&pfd, 1, left > 1000 ? 1000 : left < 0 ? 0 :
+		    (int)left) > 0)
 			lockerd_mb_dispatch(d);
 	}
 	for (i = 0; i < d->cfg.nboards; i++)
@@ -1029,11 +1042,213 @@ lockerd_stop(struct lockerd *d)
 	sodium_memzero(&d->session, sizeof(d->session));
 }
 
+int
+lockerd_health(struct lockerd *d, char *why, size_t len)
+{
+	if (store_check(d->store, why, len) == -1)
+		return -1;
+	if (d->db_failing) {
+		snprintf(why, len, "the last database transaction failed "
+		    "(see the log above) and none has succeeded since");
+		return -1;
+	}
+	return 0;
+}
+
+int64_t
+lockerd_watchdog(struct lockerd *d, int64_t now)
+{
+	char why[sizeof(d->wd_why)];
+
+	if (d->wd_ms <= 0)
+		return INT64_MAX;
+	if (now < d->wd_next)
+		return d->wd_next;
+	d->wd_next = now + d->wd_ms;
+	if (lockerd_health(d, why, sizeof(why)) == 0) {
+		notify_watchdog();
+		if (d->wd_sick) {
+			log_info("watchdog: healthy again, pinging");
+			notify_status("running; locker %s, %d cells",
+			    d->cfg.locker_id, d->cfg.ncells);
+			d->wd_sick = 0;
+		}
+		return d->wd_next;
+	}
+	if (!d->wd_sick || strcmp(why, d->wd_why) != 0) {
+		log_error("watchdog: not pinging, the database is not usable: "
+		    "%s", why);
+		notify_status("database not usable: %s", why);
+		util_strlcpy(d->wd_why, why, sizeof(d->wd_why));
+	}
+	d->wd_sick = 1;
+	return d->wd_next;
+}
+
+/* What SIGHUP cannot apply: "[section] key" of each change. */
+struct restart_list {
+	char text[512];
+	int n;
+};
+
+static void
+restart_add(struct restart_list *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+restart_add(struct restart_list *r, const char *fmt, ...)
+{
+	size_t len = strlen(r->text);
+	va_list ap;
+
+	if (len + 8 >= sizeof(r->text))
+		return;
+	if (r->n++ > 0) {
+		memcpy(r->text + len, ", ", 3);
+		len += 2;
+	}
+	va_start(ap, fmt);
+	vsnprintf(r->text + len, sizeof(r->text) - len, fmt, ap);
+	va_end(ap);
+}
+
+/* A field of both configurations, and its key's name in the file. */
+#define RL_STR(sec, key, o, n, f) do { if (strcmp((o)->f, (n)->f) != 0) \
+	restart_add(rl, "%s %s", sec, key); } while (0)
+#define RL_INT(sec, key, o, n, f) do { if ((o)->f != (n)->f) \
+	restart_add(rl, "%s %s", sec, key); } while (0)
+
+static void
+restart_keys(const struct config *o, const struct config *n,
+    struct restart_list *rl)
+{
+	char sec[48];
+	int i, j;
+
+	RL_STR("[locker]", "id", o, n, locker_id);
+	RL_STR("[locker]", "state_dir", o, n, state_dir);
+	RL_STR("[locker]", "database", o, n, database);
+	RL_STR("[locker]", "profile_dir", o, n, profile_dir);
+	RL_STR("[locker]", "key_file", o, n, key_file);
+	RL_INT("[log]", "target", o, n, log_syslog);
+	RL_STR("[control]", "socket", o, n, control_socket);
+	RL_STR("[kiosk]", "socket", o, n, kiosk_socket);
+	RL_INT("[codes]", "digits", o, n, codes.digits);
+	RL_INT("[codes]", "grace_s", o, n, codes.grace_s);
+	RL_INT("[codes]", "dropoff_valid_h", o, n, codes.dropoff_valid_h);
+	RL_INT("[codes]", "pickup_due_h", o, n, codes.pickup_due_h);
+	RL_INT("[kiosk]", "staff_session_s", o, n, kiosk.staff_session_s);
+	RL_INT("[kiosk]", "code_burst", o, n, kiosk.code_burst);
+	RL_INT("[kiosk]", "code_refill_s", o, n, kiosk.code_refill_s);
+	RL_INT("[kiosk]", "pin_burst", o, n, kiosk.pin_burst);
+	RL_INT("[kiosk]", "pin_refill_s", o, n, kiosk.pin_refill_s);
+	RL_STR("[mqtt]", "host", o, n, mqtt.host);
+	RL_INT("[mqtt]", "port", o, n, mqtt.port);
+	/* An empty client_id is the locker id, named above. */
+	if (strcmp(o->mqtt.client_id, o->locker_id) != 0 ||
+	    strcmp(n->mqtt.client_id, n->locker_id) != 0)
+		RL_STR("[mqtt]", "client_id", o, n, mqtt.client_id);
+	RL_STR("[mqtt]", "prefix", o, n, mqtt.prefix);
+	RL_STR("[mqtt]", "username", o, n, mqtt.username);
+	RL_STR("[mqtt]", "password", o, n, mqtt.password);
+	RL_STR("[mqtt]", "cafile", o, n, mqtt.cafile);
+	RL_STR("[mqtt]", "certfile", o, n, mqtt.certfile);
+	RL_STR("[mqtt]", "keyfile", o, n, mqtt.keyfile);
+	RL_INT("[mqtt]", "keepalive_s", o, n, mqtt.keepalive_s);
+	RL_INT("[mqtt]", "inflight", o, n, mqtt.inflight);
+	RL_INT("[mqtt]", "reconnect_min_ms", o, n, mqtt.reconnect_min_ms);
+	RL_INT("[mqtt]", "reconnect_max_ms", o, n, mqtt.reconnect_max_ms);
+	RL_STR("[mqtt]", "platform_key", o, n, mqtt.platform_key);
+	RL_INT("[mqtt]", "command_window_s", o, n, mqtt.command_window_s);
+	for (i = 0; i < n->nbuses; i++) {
+		const struct config_bus *nb = &n->buses[i], *ob = NULL;
+
+		for (j = 0; j < o->nbuses; j++)
+			if (strcmp(o->buses[j].name, nb->name) == 0)
+				ob = &o->buses[j];
+		snprintf(sec, sizeof(sec), "[bus %s]", nb->name);
+		if (ob == NULL) {
+			restart_add(rl, "%s (new)", sec);
+			continue;
+		}
+		RL_INT(sec, "type", ob, nb, type);
+		RL_STR(sec, "host", ob, nb, host);
+		RL_INT(sec, "port", ob, nb, port);
+		RL_STR(sec, "device", ob, nb, device);
+		RL_INT(sec, "baud", ob, nb, baud);
+		RL_INT(sec, "parity", ob, nb, parity);
+		RL_INT(sec, "data_bits", ob, nb, data_bits);
+		RL_INT(sec, "stop_bits", ob, nb, stop_bits);
+		RL_INT(sec, "rs485", ob, nb, rs485);
+		RL_INT(sec, "timeout_ms", ob, nb, timeout_ms);
+	}
+	for (j = 0; j < o->nbuses; j++) {
+		for (i = 0; i < n->nbuses; i++)
+			if (strcmp(o->buses[j].name, n->buses[i].name) == 0)
+				break;
+		if (i == n->nbuses)
+			restart_add(rl, "[bus %s] (removed)", o->buses[j].name);
+	}
+	for (i = 0; i < n->nboards; i++) {
+		const struct config_board *nb = &n->boards[i], *ob = NULL;
+
+		for (j = 0; j < o->nboards; j++)
+			if (strcmp(o->boards[j].name, nb->name) == 0)
+				ob = &o->boards[j];
+		snprintf(sec, sizeof(sec), "[board %s]", nb->name);
+		if (ob == NULL) {
+			restart_add(rl, "%s (new)", sec);
+			continue;
+		}
+		RL_STR(sec, "bus", ob, nb, bus_name);
+		RL_INT(sec, "unit", ob, nb, unit);
+		RL_STR(sec, "profile", ob, nb, profile_name);
+		if (memcmp(&ob->profile, &nb->profile, sizeof(ob->profile)))
+			restart_add(rl, "%s profile file", sec);
+	}
+	for (j = 0; j < o->nboards; j++) {
+		for (i = 0; i < n->nboards; i++)
+			if (strcmp(o->boards[j].name, n->boards[i].name) == 0)
+				break;
+		if (i == n->nboards)
+			restart_add(rl, "[board %s] (removed)",
+			    o->boards[j].name);
+	}
+	if (o->ncells != n->ncells)
+		restart_add(rl, "[cells]");
+	else
+		for (i = 0; i < n->ncells; i++) {
+			const struct config_cell *a = &o->cells[i], *b = &n->cells[i];
+
+			if (a->number != b->number || a->channel != b->channel ||
+			    a->size != b->size ||
+			    strcmp(a->board_name, b->board_name) != 0) {
+				restart_add(rl, "[cells]");
+				break;
+			}
+		}
+}
+
+#define TIMING_KEY(f) { #f, offsetof(struct config_timing, f) }
+
 void
 lockerd_reload(struct lockerd *d)
 {
+	static const struct {
+		const char *name;
+		size_t off;
+	} tk[] = {
+		TIMING_KEY(poll_ms), TIMING_KEY(debounce_ms),
+		TIMING_KEY(unlock_confirm_ms), TIMING_KEY(unlock_retries),
+		TIMING_KEY(door_left_open_s), TIMING_KEY(door_left_open_repeat_s),
+		TIMING_KEY(startup_read_ms), TIMING_KEY(board_backoff_min_ms),
+		TIMING_KEY(board_backoff_max_ms),
+	};
+	struct restart_list rl;
 	struct config *nc;
 	char err[512];
+	size_t i;
+	int changed = 0, o, n;
 
 	if (d->config_path == NULL) {
 		log_info("SIGHUP: running on the built-in default; nothing to "
@@ -1050,6 +1265,22 @@ lockerd_reload(struct lockerd *d)
 		free(nc);
 		return;
 	}
+	/* Said before the level changes, so that it is seen either way. */
+	if (nc->log_level != d->cfg.log_level) {
+		log_info("SIGHUP: [log] level: %s -> %s",
+		    log_level_name(d->cfg.log_level),
+		    log_level_name(nc->log_level));
+		changed++;
+	}
+	for (i = 0; i < sizeof(tk) / sizeof(tk[0]); i++) {
+		o = *(const int *)((const char *)&d->cfg.timing + tk[i].off);
+		n = *(const int *)((const char *)&nc->timing + tk[i].off);
+		if (o != n) {
+			log_info("SIGHUP: [timing] %s: %d -> %d", tk[i].name, o,
+			    n);
+			changed++;
+		}
+	}
 	log_set_level(nc->log_level);
 	d->cfg.log_level = nc->log_level;
 	d->cfg.timing = nc->timing;
@@ -1061,19 +1292,13 @@ lockerd_reload(struct lockerd *d)
 	d->bank.t.door_left_open_repeat_ms =
 	    (int64_t)nc->timing.door_left_open_repeat_s * 1000;
 	mb_set_timing(d->mb, &nc->timing);
-	if (strcmp(nc->locker_id, d->cfg.locker_id) != 0 ||
-	    strcmp(nc->database, d->cfg.database) != 0 ||
-	    strcmp(nc->control_socket, d->cfg.control_socket) != 0 ||
-	    nc->nbuses != d->cfg.nbuses || nc->nboards != d->cfg.nboards ||
-	    nc->ncells != d->cfg.ncells ||
-	    memcmp(nc->buses, d->cfg.buses, sizeof(nc->buses)) != 0 ||
-	    memcmp(nc->boards, d->cfg.boards, sizeof(nc->boards)) != 0 ||
-	    memcmp(nc->cells, d->cfg.cells, sizeof(nc->cells)) != 0 ||
-	    nc->log_syslog != d->cfg.log_syslog)
-		log_warn("SIGHUP: locker id, database, sockets, log target, "
-		    "buses, boards and cells changed in the file only take "
-		    "effect after a restart");
-	log_info("SIGHUP: log level %s and timings reloaded",
-	    log_level_name(nc->log_level));
+	memset(&rl, 0, sizeof(rl));
+	restart_keys(&d->cfg, nc, &rl);
+	if (rl.n > 0)
+		log_warn("SIGHUP: changed in the file, these need a restart "
+		    "to take effect (running on the old values): %s", rl.text);
+	log_info("SIGHUP: reloaded %s: %d change%s applied%s",
+	    d->config_path, changed, changed == 1 ? "" : "s",
+	    changed ? "" : " (log level and timings as before)");
 	free(nc);
 }

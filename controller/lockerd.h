@@ -73,6 +73,13 @@ struct lockerd {
 	struct bank_actions pend;
 	int64_t pend_retry;            /* monotonic ms */
 	int replaying;
+	/* The database's health, for the watchdog: a transaction could not
+	 * begin or commit (cleared by the next that commits). */
+	int db_failing;
+	int64_t wd_ms;                 /* ping interval (monotonic ms), 0 off */
+	int64_t wd_next;               /* next health check and ping */
+	int wd_sick;                   /* the last check failed */
+	char wd_why[256];
 
 	struct codes_keys *keys;
 	struct resv_table resv;
@@ -126,6 +133,19 @@ int64_t lockerd_now(void);
 void lockerd_mb_dispatch(struct lockerd *d);
 /* Timers: debounce, unlock confirmation, doors left open. */
 void lockerd_tick(struct lockerd *d);
+/*
+ * Is the locker healthy enough to feed the watchdog? The database's file
+ * is in place, its write lock can be taken, and the last transaction did
+ * not fail. -1 and why if not.
+ */
+int lockerd_health(struct lockerd *d, char *why, size_t len);
+/*
+ * Called from every pass of the main loop: when a ping is due, checks the
+ * health and pings only if it holds (the loop's own progress is the other
+ * half: a loop stuck anywhere sends nothing). Returns the next time it
+ * wants to run (monotonic ms), INT64_MAX without a watchdog.
+ */
+int64_t lockerd_watchdog(struct lockerd *d, int64_t now);
 /* SIGHUP: re-reads the configuration and applies what is safe. */
 void lockerd_reload(struct lockerd *d);
 

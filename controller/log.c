@@ -2,7 +2,9 @@
  * Logging with levels to stderr or syslog. The level and target are the
  * only globals, as house style allows; they are set once at start-up and by
  * SIGHUP, from the main thread. Worker threads log whole lines with one
- * write, so lines do not interleave.
+ * write, so lines do not interleave. When stderr is the journal (systemd
+ * says so in JOURNAL_STREAM), lines carry a <N> priority prefix instead of
+ * a time stamp, so the journal keeps the levels.
  */
 #include "log.h"
 
@@ -10,20 +12,38 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
 static enum log_level log_level = LOG_LEVEL_INFO;
 static int log_syslog;
+static int log_journal;
 static const char *log_ident = "lockerd";
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 static const int syslog_prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
 
+/* Is stderr the journal's stream (JOURNAL_STREAM=DEVICE:INODE)? */
+static int
+stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 ||
+	    fstat(STDERR_FILENO, &st) == -1)
+		return 0;
+	return (unsigned long long)st.st_dev == dev &&
+	    (unsigned long long)st.st_ino == ino;
+}
+
 void
 log_init(const char *ident, enum log_level level, int use_syslog)
 {
+	log_journal = stderr_is_journal();
 	log_ident = ident;
 	log_level = level;
 	if (use_syslog && !log_syslog)
@@ -75,13 +95,18 @@ log_emit(enum log_level level, const char *fmt, va_list ap)
 		vsyslog(syslog_prio[level], fmt, ap);
 		return;
 	}
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	n = snprintf(line, sizeof(line),
-	    "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s: ",
-	    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-	    tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, log_ident,
-	    (int)getpid(), level_names[level]);
+	if (log_journal)
+		n = snprintf(line, sizeof(line), "<%d>%s: ",
+		    syslog_prio[level], level_names[level]);
+	else {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		n = snprintf(line, sizeof(line),
+		    "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s: ",
+		    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+		    tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, log_ident,
+		    (int)getpid(), level_names[level]);
+	}
 	if (n < 0 || (size_t)n >= sizeof(line))
 		n = 0;
 	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

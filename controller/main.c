@@ -22,6 +22,7 @@
 #include "lockerd.h"
 #include "platform.h"
 #include "log.h"
+#include "notify.h"
 #include "util.h"
 
 #define OVERRIDES_MAX 32
@@ -41,6 +42,8 @@ usage(FILE *f)
 "       lockerd [-c FILE] --add-staff ID --name NAME [--role staff|admin]\n"
 "       lockerd [-c FILE] --verify-ledger\n"
 "       lockerd [-c FILE] --public-key\n"
+"       lockerd [-c FILE] --probe BOARD [--pulse CHANNEL]\n"
+"       lockerd --probe UNIT --bus SPEC [--profile NAME] [--pulse CHANNEL]\n"
 "\n"
 "The controller of one locker bank: drives the lock boards over Modbus and\n"
 "keeps the cells' state and the event ledger in SQLite.\n"
@@ -62,6 +65,17 @@ usage(FILE *f)
 "                           first broken link on stderr and exit 1\n"
 "      --public-key         print the device's Ed25519 public key (hex), the\n"
 "                           key a platform verifies events and QR codes with\n"
+"      --probe BOARD        check one lock board without starting the locker:\n"
+"                           read its door and item inputs and print them;\n"
+"                           BOARD is a [board NAME] of the configuration, or\n"
+"                           with --bus a Modbus unit id (1-247). Exit 0 if it\n"
+"                           answered. Stop lockerd first: one master per bus\n"
+"      --pulse CHANNEL      with --probe: then unlock that channel (1-based)\n"
+"                           as the profile says and print the inputs again\n"
+"      --bus SPEC           with --probe: the bus, instead of the config file:\n"
+"                           tcp:HOST:PORT or rtu:DEVICE[:BAUD[:PARITY[:STOP]]]\n"
+"                           (9600, N, 1 unless given; RS485 mode auto)\n"
+"      --profile NAME       with --bus: the board profile (generic-16)\n"
 "  -h, --help               this text\n"
 "  -V, --version            the version\n"
 "\n"
@@ -134,6 +148,8 @@ run(struct lockerd *d, int sigfd)
 		if ((t = resv_next_deadline(&d->resv)) != INT64_MAX &&
 		    now + (t - wall) < next)
 			next = now + (t > wall ? t - wall : 0);
+		if ((t = lockerd_watchdog(d, now)) < next)
+			next = t;
 		timeout = next == INT64_MAX ? -1 : next <= now ? 0 :
 		    next - now > 60000 ? 60000 : (int)(next - now);
 		n = poll(pfd, (nfds_t)(PFD_CTL + nctl + nkiosk), timeout);
@@ -335,6 +351,79 @@ public_key(struct lockerd *d)
 	return 0;
 }
 
+/* A configuration of one bus and one board from --bus and --profile. */
+static int
+probe_config(struct config *c, const char *spec, const char *unit,
+    const char *profile)
+{
+	char text[1024], buf[CONFIG_PATH_MAX + 64], err[512];
+	char *f[5] = { NULL }, *save = NULL, *p;
+	const char *parity = "N", *stop = "1", *baud = "9600";
+	int n = 0, len;
+
+	if (util_strlcpy(buf, spec, sizeof(buf)) == -1) {
+		fprintf(stderr, "lockerd: --bus is too long\n");
+		return -1;
+	}
+	for (p = strtok_r(buf, ":", &save); p != NULL && n < 5;
+	    p = strtok_r(NULL, ":", &save))
+		f[n++] = p;
+	if (n == 3 && strcmp(f[0], "tcp") == 0)
+		len = snprintf(text, sizeof(text), "[bus probe]\ntype = tcp\n"
+		    "host = %s\nport = %s\n", f[1], f[2]);
+	else if (n >= 2 && strcmp(f[0], "rtu") == 0) {
+		if (n > 2)
+			baud = f[2];
+		if (n > 3)
+			parity = f[3];
+		if (n > 4)
+			stop = f[4];
+		len = snprintf(text, sizeof(text), "[bus probe]\ntype = rtu\n"
+		    "device = %s\nbaud = %s\nparity = %s\nstop_bits = %s\n",
+		    f[1], baud, parity, stop);
+	} else {
+		fprintf(stderr, "lockerd: --bus must be tcp:HOST:PORT or "
+		    "rtu:DEVICE[:BAUD[:PARITY[:STOP]]], not '%s'\n", spec);
+		return -1;
+	}
+	if (len < 0 || (size_t)len >= sizeof(text) ||
+	    snprintf(text + len, sizeof(text) - (size_t)len,
+	    "timeout_ms = 500\n[board probe]\nbus = probe\nunit = %s\n"
+	    "profile = %s\n[cells]\n1 = probe:1 S\n", unit, profile) >=
+	    (int)(sizeof(text) - (size_t)len)) {
+		fprintf(stderr, "lockerd: --bus is too long\n");
+		return -1;
+	}
+	if (config_load_text(c, text, "--probe", err, sizeof(err)) == -1) {
+		/* "--probe:LINE: reason": the reason names the value. */
+		p = strstr(err, ": ");
+		fprintf(stderr, "lockerd: --probe: %s\n", p ? p + 2 : err);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+probe(struct config *c, const char *board, int pulse)
+{
+	int i;
+
+	for (i = 0; i < c->nboards; i++)
+		if (strcmp(c->boards[i].name, board) == 0)
+			break;
+	if (i == c->nboards) {
+		fprintf(stderr, "lockerd: --probe: no [board %s] in the "
+		    "configuration\n", board);
+		return 2;
+	}
+	if (pulse > c->boards[i].profile.channels) {
+		fprintf(stderr, "lockerd: --pulse %d: board %s has %d "
+		    "channels\n", pulse, board, c->boards[i].profile.channels);
+		return 2;
+	}
+	return mb_probe(c, i, pulse, stdout) == 0 ? 0 : 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -350,18 +439,26 @@ main(int argc, char **argv)
 		{ "role", required_argument, NULL, 'R' },
 		{ "verify-ledger", no_argument, NULL, 'L' },
 		{ "public-key", no_argument, NULL, 'K' },
+		{ "probe", required_argument, NULL, 'p' },
+		{ "pulse", required_argument, NULL, 'u' },
+		{ "bus", required_argument, NULL, 'b' },
+		{ "profile", required_argument, NULL, 'f' },
 		{ NULL, 0, NULL, 0 },
 	};
 	static struct lockerd d; /* large; and the bank points into it */
 	char *overrides[OVERRIDES_MAX + 1] = { NULL };
 	const char *config_path = NULL, *staff_id = NULL, *staff_name = NULL;
-	const char *staff_role = "staff";
-	int verify = 0, pubkey = 0;
+	const char *staff_role = "staff", *probe_board = NULL, *bus = NULL;
+	const char *profile = "generic-16";
+	int verify = 0, pubkey = 0, pulse = 0;
 	struct rlimit nocore = { 0, 0 };
 	int noverrides = 0, ch, sigfd, rc;
-	char err[512];
+	char err[512], *end;
 	sigset_t set;
 
+	/* The database holds undelivered codes and the key file secrets:
+	 * whatever lockerd creates is its own alone unless it says so. */
+	umask(077);
 	while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
@@ -401,6 +498,24 @@ main(int argc, char **argv)
 		case 'K':
 			pubkey = 1;
 			break;
+		case 'p':
+			probe_board = optarg;
+			break;
+		case 'u':
+			pulse = (int)strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || pulse < 1 ||
+			    pulse > BOARD_CHANNELS_MAX) {
+				fprintf(stderr, "lockerd: --pulse must be a "
+				    "channel from 1 to %d\n", BOARD_CHANNELS_MAX);
+				return 2;
+			}
+			break;
+		case 'b':
+			bus = optarg;
+			break;
+		case 'f':
+			profile = optarg;
+			break;
 		default:
 			usage(stderr);
 			return 2;
@@ -412,6 +527,16 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if ((pulse || bus != NULL) && probe_board == NULL) {
+		fprintf(stderr, "lockerd: --pulse and --bus go with --probe\n");
+		return 2;
+	}
+	if (probe_board != NULL && bus != NULL) {
+		log_init("lockerd", LOG_LEVEL_INFO, 0);
+		if (probe_config(&d.cfg, bus, probe_board, profile) == -1)
+			return 2;
+		return probe(&d.cfg, "probe", pulse);
+	}
 	if (config_load(&d.cfg, config_path, overrides, err, sizeof(err)) ==
 	    -1) {
 		fprintf(stderr, "lockerd: %s\n", err);
@@ -422,6 +547,11 @@ main(int argc, char **argv)
 	log_init("lockerd", d.cfg.log_level, d.cfg.log_syslog);
 	if (codes_init() == -1)
 		fatal("libsodium could not start");
+	if (probe_board != NULL) {
+		/* A report to read, not a daemon's log. */
+		log_init("lockerd", d.cfg.log_level, 0);
+		return probe(&d.cfg, probe_board, pulse);
+	}
 	if (staff_id != NULL || verify || pubkey) {
 		if (lockerd_state_dir(d.cfg.state_dir) == -1)
 			return 1;
@@ -436,8 +566,19 @@ main(int argc, char **argv)
 		fatal("signals: %s", strerror(errno));
 	log_info("lockerd %s starting, configuration %s", LOCKERD_VERSION,
 	    config_path ? config_path : "(built-in default)");
-	rc = lockerd_start(&d) == 0 && link_start(&d) == 0 ? run(&d, sigfd) :
-	    -1;
+	notify_status("starting: database, keys, first read of the boards");
+	rc = -1;
+	if (lockerd_start(&d) == 0 && link_start(&d) == 0) {
+		/* Pings from the loop at half the interval systemd gave. */
+		d.wd_ms = notify_watchdog_ms() / 2;
+		if (d.wd_ms > 0)
+			log_info("watchdog: pinging every %lld ms while healthy",
+			    (long long)d.wd_ms);
+		notify_ready("running; locker %s, %d cells on %d boards",
+		    d.cfg.locker_id, d.cfg.ncells, d.cfg.nboards);
+		rc = run(&d, sigfd);
+	}
+	notify_stopping();
 	link_stop(&d);
 	lockerd_stop(&d);
 	close(sigfd);

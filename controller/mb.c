@@ -228,12 +228,13 @@ board_ok(struct worker *w, struct wboard *b)
 	}
 }
 
+/* A connected context for the worker's bus in w->ctx; -1 and logged. */
 static int
-worker_connect(struct worker *w, int64_t now)
+bus_connect(struct worker *w)
 {
 	const struct config_bus *bus = w->bus;
 	char port[16], msg[96];
-	int i, timeout_ms = bus->timeout_ms;
+	int timeout_ms = bus->timeout_ms;
 
 	if (bus->type == CONFIG_BUS_TCP) {
 		snprintf(port, sizeof(port), "%d", bus->port);
@@ -245,7 +246,7 @@ worker_connect(struct worker *w, int64_t now)
 		mb_strerror(errno, msg, sizeof(msg));
 		log_error("%s: cannot create a Modbus context: %s", w->name,
 		    msg);
-		goto fail;
+		return -1;
 	}
 	modbus_set_error_recovery(w->ctx, MODBUS_ERROR_RECOVERY_NONE);
 	modbus_set_response_timeout(w->ctx, (uint32_t)(timeout_ms / 1000),
@@ -253,7 +254,7 @@ worker_connect(struct worker *w, int64_t now)
 	if (modbus_connect(w->ctx) == -1) {
 		mb_strerror(errno, msg, sizeof(msg));
 		log_warn("%s: cannot connect: %s", w->name, msg);
-		goto fail;
+		return -1;
 	}
 	if (bus->type == CONFIG_BUS_RTU && bus->rs485 != CONFIG_RS485_OFF &&
 	    modbus_rtu_set_serial_mode(w->ctx, MODBUS_RTU_RS485) == -1) {
@@ -262,15 +263,24 @@ worker_connect(struct worker *w, int64_t now)
 			log_error("%s: the driver refused RS485 mode: %s "
 			    "(set rs485 = auto for adapters that switch "
 			    "direction themselves)", w->name, msg);
-			goto fail;
+			return -1;
 		}
 		log_info("%s: no RS485 mode from the driver (%s); assuming "
 		    "the adapter switches direction itself", w->name, msg);
 	}
-	w->reconnect_backoff = 0;
 	log_info("%s: connected", w->name);
 	return 0;
-fail:
+}
+
+static int
+worker_connect(struct worker *w, int64_t now)
+{
+	int i;
+
+	if (bus_connect(w) == 0) {
+		w->reconnect_backoff = 0;
+		return 0;
+	}
 	worker_disconnect(w);
 	w->reconnect_backoff = w->reconnect_backoff == 0 ?
 	    atomic_load(&w->m->backoff_min) : w->reconnect_backoff * 2;
@@ -799,4 +809,133 @@ mb_set_timing(struct mb *m, const struct config_timing *t)
 	atomic_store(&m->poll_ms, t->poll_ms);
 	atomic_store(&m->backoff_min, t->board_backoff_min_ms);
 	atomic_store(&m->backoff_max, t->board_backoff_max_ms);
+}
+
+/* One read of a board's inputs for the probe, printed as a table. */
+static int
+probe_read(struct worker *w, struct wboard *b, FILE *out,
+    const uint8_t *before)
+{
+	const struct board_profile *p = &b->cfg->profile;
+	uint8_t bits[BOARD_INPUTS_MAX], door[BOARD_CHANNELS_MAX];
+	uint8_t item[BOARD_CHANNELS_MAX];
+	int64_t t0 = mono_us();
+	char msg[96];
+	int rc, ch;
+
+	request_prepare(w, b);
+	rc = modbus_read_input_bits(w->ctx, p->input_base, p->input_count,
+	    bits);
+	request_done(w);
+	if (rc != p->input_count) {
+		mb_strerror(rc == -1 ? errno : EMBBADDATA, msg, sizeof(msg));
+		log_error("%s board %s (unit %d): reading %d inputs from %d "
+		    "(FC02): %s", w->name, b->cfg->name, b->cfg->unit,
+		    p->input_count, p->input_base, msg);
+		return -1;
+	}
+	board_decode_inputs(p, bits, door, item);
+	fprintf(out, "inputs: FC02 %d from %d, answered in %lld ms\n",
+	    p->input_count, p->input_base,
+	    (long long)((mono_us() - t0) / 1000));
+	fprintf(out, "  channel  door    item\n");
+	for (ch = 0; ch < p->channels; ch++)
+		fprintf(out, "  %7d  %-6s  %s%s\n", ch + 1,
+		    door[ch] ? "open" : "closed", p->item_base < 0 ? "-" :
+		    item[ch] ? "present" : "none",
+		    before != NULL && before[ch] != door[ch] ?
+		    "    (changed)" : "");
+	memcpy(b->last, door, (size_t)p->channels);
+	return 0;
+}
+
+static int
+probe_pulse(struct worker *w, struct wboard *b, int channel, FILE *out)
+{
+	const struct board_profile *p = &b->cfg->profile;
+	int coil = board_coil_addr(p, channel), rc;
+	char msg[96];
+
+	if (p->unlock == BOARD_UNLOCK_FLASH) {
+		fprintf(out, "pulse: channel %d, flash FC05 to %d value %d "
+		    "(%d ms)\n", channel, board_flash_addr(p, channel),
+		    board_flash_value(p), p->pulse_ms);
+		rc = write_flash(w, b, channel);
+	} else {
+		fprintf(out, "pulse: channel %d, coil %d on (FC05) for %d ms, "
+		    "then off\n", channel, coil, p->pulse_ms);
+		request_prepare(w, b);
+		rc = modbus_write_bit(w->ctx, coil, 1);
+		request_done(w);
+		if (rc != -1) {
+			usleep((useconds_t)p->pulse_ms * 1000);
+			request_prepare(w, b);
+			rc = modbus_write_bit(w->ctx, coil, 0);
+			request_done(w);
+			if (rc == -1) {
+				mb_strerror(errno, msg, sizeof(msg));
+				log_error("%s board %s: switching coil %d off: "
+				    "%s; it may be left on", w->name,
+				    b->cfg->name, coil, msg);
+				return -1;
+			}
+		}
+	}
+	if (rc == -1) {
+		mb_strerror(errno, msg, sizeof(msg));
+		log_error("%s board %s: pulsing channel %d: %s", w->name,
+		    b->cfg->name, channel, msg);
+		return -1;
+	}
+	fprintf(out, "pulse: ok\n");
+	return 0;
+}
+
+int
+mb_probe(const struct config *c, int board, int channel, FILE *out)
+{
+	const struct config_board *cb = &c->boards[board];
+	const struct config_bus *bus = &c->buses[cb->bus];
+	uint8_t before[BOARD_CHANNELS_MAX];
+	struct worker *w;
+	struct wboard *b;
+	int rc = -1;
+
+	if ((w = calloc(1, sizeof(*w))) == NULL) {
+		log_error("probe: out of memory");
+		return -1;
+	}
+	w->bus = bus;
+	w->gap_us = bus->type == CONFIG_BUS_RTU ? rtu_gap_us(bus) : 0;
+	snprintf(w->name, sizeof(w->name), "bus %s", bus->name);
+	b = &w->boards[0];
+	b->cfg = cb;
+	b->idx = board;
+	if (bus->type == CONFIG_BUS_TCP)
+		fprintf(out, "board %s: unit %d on bus %s (tcp %s:%d), "
+		    "profile %s, %d channels\n", cb->name, cb->unit, bus->name,
+		    bus->host, bus->port, cb->profile_name,
+		    cb->profile.channels);
+	else
+		fprintf(out, "board %s: unit %d on bus %s (rtu %s %d %d%c%d), "
+		    "profile %s, %d channels\n", cb->name, cb->unit, bus->name,
+		    bus->device, bus->baud, bus->data_bits, bus->parity,
+		    bus->stop_bits, cb->profile_name, cb->profile.channels);
+	if (bus_connect(w) == -1 || probe_read(w, b, out, NULL) == -1)
+		goto out;
+	if (channel > 0) {
+		memcpy(before, b->last, sizeof(before));
+		if (probe_pulse(w, b, channel, out) == -1)
+			goto out;
+		/* Long enough for a released door to spring open. */
+		usleep(1000 * 1000);
+		fprintf(out, "after the pulse, 1 s later:\n");
+		if (probe_read(w, b, out, before) == -1)
+			goto out;
+	}
+	rc = 0;
+out:
+	worker_disconnect(w);
+	free(w);
+	return rc;
 }

@@ -8,6 +8,7 @@
 #define LOCKERD_MB_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "board.h"
 #include "config.h"
@@ -45,6 +46,13 @@ int mb_drain(struct mb *m, struct mb_report *out, int max);
  * -1 if the board's queue is full, or m is NULL (started without boards).
  */
 int mb_unlock(struct mb *m, int board, int channel, int cell);
+/*
+ * lockerd --probe: one board, in this thread, without workers. Prints its
+ * door and item inputs to out; with channel > 0 then pulses that relay as
+ * the profile unlocks and prints the inputs again a second later. 0, or
+ * -1 with the reason logged.
+ */
+int mb_probe(const struct config *c, int board, int channel, FILE *out);
 /* New poll period and backoff (SIGHUP). */
 void mb_set_timing(struct mb *m, const struct config_timing *t);
 

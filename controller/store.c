@@ -7,9 +7,11 @@
 #include "store.h"
 
 #include <sqlite3.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "embed.h"
 #include "log.h"
@@ -99,7 +101,12 @@ struct store {
 	sqlite3_stmt *st[ST_COUNT];
 	int64_t next_seq;
 	int in_tx;
+	char path[4096];
+	dev_t dev;           /* the file opened, to notice it go or change */
+	ino_t ino;
 };
+
+#define STORE_BUSY_MS 5000
 
 static int
 schema_number(const char *name)
@@ -202,6 +209,7 @@ struct store *
 store_open(const char *path, char *err, size_t errlen)
 {
 	struct store *s;
+	struct stat st;
 	char msg[256];
 	int i;
 
@@ -216,7 +224,7 @@ store_open(const char *path, char *err, size_t errlen)
 		goto fail;
 	}
 	sqlite3_extended_result_codes(s->db, 1);
-	sqlite3_busy_timeout(s->db, 5000);
+	sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
 	if (exec(s, "PRAGMA journal_mode = WAL", msg, sizeof(msg)) == -1 ||
 	    exec(s, "PRAGMA synchronous = FULL", msg, sizeof(msg)) == -1 ||
 	    exec(s, "PRAGMA secure_delete = ON", msg, sizeof(msg)) == -1 ||
@@ -239,6 +247,19 @@ store_open(const char *path, char *err, size_t errlen)
 		    sqlite3_errmsg(s->db));
 		goto fail;
 	}
+	if (util_strlcpy(s->path, path, sizeof(s->path)) == -1) {
+		snprintf(err, errlen, "%s: path too long", path);
+		goto fail;
+	}
+	/* An in-memory database (tests) has no file to watch. */
+	if (strcmp(path, ":memory:") == 0)
+		return s;
+	if (stat(path, &st) == -1) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		goto fail;
+	}
+	s->dev = st.st_dev;
+	s->ino = st.st_ino;
 	return s;
 fail:
 	store_close(s);
@@ -257,6 +278,42 @@ store_close(struct store *s)
 	if (s->db != NULL && sqlite3_close(s->db) != SQLITE_OK)
 		log_error("closing the database: %s", sqlite3_errmsg(s->db));
 	free(s);
+}
+
+int
+store_check(struct store *s, char *why, size_t len)
+{
+	struct stat st;
+	int rc;
+
+	if (s->in_tx) {
+		snprintf(why, len, "a transaction was left open");
+		return -1;
+	}
+	if (s->ino != 0) {
+		if (stat(s->path, &st) == -1) {
+			snprintf(why, len, "%s: %s", s->path, strerror(errno));
+			return -1;
+		}
+		if (st.st_dev != s->dev || st.st_ino != s->ino) {
+			snprintf(why, len, "%s was replaced by another file",
+			    s->path);
+			return -1;
+		}
+	}
+	/* The write lock, without waiting for it: in WAL mode readers do
+	 * not hold it, so a failure means another writer or a broken file. */
+	sqlite3_busy_timeout(s->db, 0);
+	rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		snprintf(why, len, "%s: %s", s->path, sqlite3_errmsg(s->db));
+		if (sqlite3_get_autocommit(s->db) == 0)
+			sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	}
+	sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+	return rc == SQLITE_OK ? 0 : -1;
 }
 
 /* Runs a prepared statement that returns no rows; logs failures once. */

@@ -29,6 +29,13 @@ void store_close(struct store *s);
 /* The schema version this binary knows: the highest schema/NNN. */
 int store_schema_latest(void);
 
+/*
+ * Is the database usable? Its file is still the one opened (not deleted
+ * or replaced) and the write lock can be taken at once (nobody else holds
+ * it). Cheap: a stat and an empty write transaction. -1 and why if not.
+ */
+int store_check(struct store *s, char *why, size_t len);
+
 int store_begin(struct store *s);
 int store_commit(struct store *s);
 void store_rollback(struct store *s);

@@ -272,7 +272,7 @@ class JsonLineClient:
             raise HarnessError(f"{self.path}: reply is not JSON: {reply!r}")
 
 
-def _popen(argv, stdout_path, stderr_path):
+def _popen(argv, stdout_path, stderr_path, env=None):
     out = open(stdout_path, "ab")
     err = open(stderr_path, "ab") if stderr_path != stdout_path else out
     try:
@@ -281,7 +281,7 @@ def _popen(argv, stdout_path, stderr_path):
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            env=daemon_env(),
+            env=env if env is not None else daemon_env(),
             cwd=tmpdir(),
             start_new_session=True,
             preexec_fn=_pdeathsig,
@@ -536,9 +536,12 @@ def line_of(text, needle):
 
 
 class Lockerd:
-    """One lockerd, run from a config file in the test's temp dir."""
+    """One lockerd, run from a config file in the test's temp dir.
 
-    def __init__(self, cfg, name=None, start=True):
+    env: the environment (default daemon_env()); argv_prefix: a command
+    that runs lockerd (e.g. setpriv to drop privileges)."""
+
+    def __init__(self, cfg, name=None, start=True, env=None, argv_prefix=()):
         if _ctx is None:
             begin_test("adhoc")
         _ctx.lockerd_count += 1
@@ -561,6 +564,8 @@ class Lockerd:
         self.proc = None
         self.client = None
         self.starts = 0
+        self.env = env
+        self.argv_prefix = list(argv_prefix)
         _register(self)
         _register_log(f"{self.name} stderr", self.log_path)
         _register_log(f"{self.name} stdout", self.stdout_path)
@@ -580,8 +585,8 @@ class Lockerd:
             raise HarnessError("lockerd is already running")
         self.starts += 1
         self._mark_log(f"start #{self.starts}")
-        self.proc = _popen([binary("lockerd"), "-c", self.config_path],
-                           self.stdout_path, self.log_path)
+        self.proc = _popen(self.argv_prefix + [binary("lockerd"), "-c", self.config_path],
+                           self.stdout_path, self.log_path, self.env)
         if self.client:
             self.client.close()
         self.client = JsonLineClient(self.socket_path) if self.socket_path else None
@@ -610,8 +615,8 @@ class Lockerd:
         self.starts += 1
         self._mark_log(f"start #{self.starts} (expected to fail)")
         offset = os.path.getsize(self.log_path)
-        self.proc = _popen([binary("lockerd"), "-c", self.config_path],
-                           self.stdout_path, self.log_path)
+        self.proc = _popen(self.argv_prefix + [binary("lockerd"), "-c", self.config_path],
+                           self.stdout_path, self.log_path, self.env)
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

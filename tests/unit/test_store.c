@@ -601,6 +601,46 @@ test_events_after(void **state)
 	}
 }
 
+/*
+ * store_check: usable as opened; not while another connection holds the
+ * write lock (and it does not wait for it); not once the file is gone or
+ * replaced; usable again when the lock goes.
+ */
+static void
+test_check(void **state)
+{
+	struct fixture *f = *state;
+	char why[256], moved[128];
+	sqlite3 *db;
+	FILE *fp;
+
+	f->s = open_ok(f);
+	assert_int_equal(store_check(f->s, why, sizeof(why)), 0);
+	db = peek_open(f, SQLITE_OPEN_READWRITE);
+	assert_int_equal(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL),
+	    SQLITE_OK);
+	assert_int_equal(store_check(f->s, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "locked"));
+	assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL),
+	    SQLITE_OK);
+	assert_int_equal(store_check(f->s, why, sizeof(why)), 0);
+	/* The store still writes: the check left no transaction open. */
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_commit(f->s), 0);
+
+	snprintf(moved, sizeof(moved), "%s.moved", f->path);
+	assert_int_equal(rename(f->path, moved), 0);
+	assert_int_equal(store_check(f->s, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "No such file"));
+	/* Another file under the old name is not the database opened. */
+	assert_non_null(fp = fopen(f->path, "w"));
+	fclose(fp);
+	assert_int_equal(store_check(f->s, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "replaced"));
+	assert_int_equal(rename(moved, f->path), 0);
+	assert_int_equal(store_check(f->s, why, sizeof(why)), 0);
+}
+
 int
 main(void)
 {
@@ -626,6 +666,7 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_events_after, setup,
 		    teardown),
+		cmocka_unit_test_setup_teardown(test_check, setup, teardown),
 	};
 
 	/* Refusals are logged by the store; keep the output to the tests. */
