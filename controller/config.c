@@ -144,8 +144,8 @@ static const struct int_key timing_keys[] = {
 	TK(debounce_ms, 0, 2000),
 	TK(unlock_confirm_ms, 500, 30000),
 	TK(unlock_retries, 0, 3),
-	TK(door_left_open_s, 10, 86400),
-	TK(door_left_open_repeat_s, 10, 86400),
+	TK(door_left_open_s, 5, 86400),
+	TK(door_left_open_repeat_s, 5, 86400),
 	TK(startup_read_ms, 100, 60000),
 	TK(board_backoff_min_ms, 50, 600000),
 	TK(board_backoff_max_ms, 50, 3600000),
@@ -162,7 +162,7 @@ static const struct int_key codes_keys[] = {
 /* Refill periods stop at 300 s: no lock-out longer than five minutes. */
 #define KK(n, lo, hi) { #n, offsetof(struct config_kiosk, n), lo, hi }
 static const struct int_key kiosk_keys[] = {
-	KK(staff_session_s, 30, 3600),
+	KK(staff_session_s, 10, 3600),
 	KK(code_burst, 1, 10),
 	KK(code_refill_s, 1, 300),
 	KK(pin_burst, 1, 10),

@@ -132,22 +132,24 @@ def test_debounce_flapping_sensor():
 
 
 def test_door_left_open():
-    sim, lk = start_pair()
+    t = harness.default_timing()
+    t.update(door_left_open_s=5, door_left_open_repeat_s=5)     # the shortest allowed
+    sim, lk = start_pair(timing=t)
     seq0 = lk.last_seq()
     open_cell(lk, 2)
     opened = lk.wait_event("door_opened", cell=2, after=seq0, timeout=3)
     t_open = time.monotonic()
-    a1 = lk.wait_event("door_left_open", cell=2, after=opened["seq"], timeout=14)
+    a1 = lk.wait_event("door_left_open", cell=2, after=opened["seq"], timeout=9)
     t1 = time.monotonic()
-    a2 = lk.wait_event("door_left_open", cell=2, after=a1["seq"], timeout=14)
+    a2 = lk.wait_event("door_left_open", cell=2, after=a1["seq"], timeout=9)
     t2 = time.monotonic()
     print(f"door_left_open after {t1 - t_open:.1f} s (open_s {a1.get('open_s')}), "
           f"again after {t2 - t1:.1f} s (open_s {a2.get('open_s')})")
     assert a1.get("alarm") is True and a2.get("alarm") is True, (a1, a2)
-    assert t1 - t_open >= 9.5, f"first alarm after {t1 - t_open:.1f} s, door_left_open_s is 10"
-    assert t2 - t1 >= 9.5, f"repeat after {t2 - t1:.1f} s, door_left_open_repeat_s is 10"
-    assert 10 <= a1.get("open_s", -1) <= 12, a1
-    assert 20 <= a2.get("open_s", -1) <= 22, a2
+    assert t1 - t_open >= 4.5, f"first alarm after {t1 - t_open:.1f} s, door_left_open_s is 5"
+    assert t2 - t1 >= 4.5, f"repeat after {t2 - t1:.1f} s, door_left_open_repeat_s is 5"
+    assert 5 <= a1.get("open_s", -1) <= 7, a1
+    assert 10 <= a2.get("open_s", -1) <= 12, a2
     sim.cmd("close 1 2")
     lk.wait_event("door_closed", cell=2, after=a2["seq"], timeout=3)
     lk.stop()

@@ -192,20 +192,20 @@ def test_staff_login():
 
 def test_staff_session_times_out():
     """A staff session ends after staff_session_s without a keypad action
-    (30 s, the shortest allowed): the screen is told, the ledger says why,
+    (10 s, the shortest allowed): the screen is told, the ledger says why,
     and staff actions need a new log-in. An action keeps it alive."""
-    sim, lk, kc = start_custody(kiosk_keys={"staff_session_s": 30})
+    sim, lk, kc = start_custody(kiosk_keys={"staff_session_s": 10})
     add_staff(lk, "alice", PIN, name="Alice A")
     assert kc.login("alice", PIN).get("ok") is True
     mark = kc.mark()
     seq0 = lk.last_seq()
-    # An action at 20 s moves the end to 50 s.
-    time.sleep(20)
+    # An action at 7 s moves the end to 17 s.
+    time.sleep(7)
     rep = kc.request({"op": "service", "cell": 9, "in": True})
     assert rep.get("ok") is True, rep
-    time.sleep(15)
+    time.sleep(5)
     assert kc.status().get("staff") == "alice", "the session ended although it was used"
-    note = kc.wait_notice("session_ended", timeout=25, since=mark)
+    note = kc.wait_notice("session_ended", timeout=12, since=mark)
     assert "ended" in note.get("show", ""), note
     ev = lk.wait_event("staff_logout", after=seq0)
     assert ev.get("staff") == "alice" and ev.get("why") == "timeout", ev
