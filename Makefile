@@ -72,7 +72,7 @@ BINS := $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/kiosk $(BUILD)/mbping
 UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_store $(BUILD)/test_physics $(BUILD)/test_resv \
 	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing \
-	$(BUILD)/test_cmd
+	$(BUILD)/test_cmd $(BUILD)/test_powerloss
 
 .PHONY: all deps test check run demo bench soak fuzz clean unit integration \
 	_test _bench _soak
@@ -148,6 +148,11 @@ $(BUILD)/test_ledger: $(call obj,tests/unit/test_ledger.c proto/ledger.c)
 $(BUILD)/test_cmd: $(call obj,tests/unit/test_cmd.c proto/cmd.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 $(BUILD)/test_guessing: $(call obj,tests/unit/test_guessing.c controller/throttle.c controller/resv.c controller/bank.c controller/codes.c controller/log.c controller/util.c)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
+# The whole controller with the boards faked at the mb_* interface (the
+# test defines them), over a fault-injecting SQLite VFS.
+$(BUILD)/test_powerloss: $(call obj,tests/unit/test_powerloss.c $(filter-out controller/mb.c,$(CORE_SRC))) $(PROTO_OBJ)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
 # The test targets install what they need first, then re-enter make so that
