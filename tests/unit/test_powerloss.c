@@ -98,6 +98,7 @@ static int64_t pl_count;        /* writes, truncates and syncs so far */
 static int64_t pl_cut = -1;     /* the power fails before this one */
 static uint64_t pl_rng;         /* the loss pattern's generator */
 static int pl_seed;
+static int pl_report = -1;      /* where the loss is described, if any */
 
 static uint64_t
 pl_rand(void)
@@ -623,6 +624,7 @@ static void
 pl_power_loss(void)
 {
 	int fds[PL_NODES], i, mode, garbage = 0, tear = 0;
+	int landed = 0, torn = 0, grown = 0;
 	unsigned char *land;
 	unsigned pct = 0;
 	int prefix = 0;
@@ -652,13 +654,15 @@ pl_power_loss(void)
 
 		if (!land[i] || fd == -1)
 			continue;
+		landed++;
 		if (op->trunc) {
 			if (ftruncate(fd, op->off) == -1)
 				_exit(5);
 		} else if (tear && ((mode == 2 && i == prefix - 1) ||
-		    (mode == 3 && pl_chance(8))))
+		    (mode == 3 && pl_chance(8)))) {
 			pl_apply_torn(fd, op);
-		else
+			torn++;
+		} else
 			pl_pwrite(fd, op->data, (size_t)op->len, op->off);
 	}
 	/* A lost write that would have grown the file: the size may have
@@ -681,6 +685,15 @@ pl_power_loss(void)
 				junk[j] = (unsigned char)pl_rand();
 			pl_pwrite(fd, junk, k, from);
 		}
+		grown++;
+	}
+	if (pl_report != -1) {
+		char line[96];
+		int n = snprintf(line, sizeof(line), "loss %d %d %d %d\n",
+		    pl_nops, landed, torn, grown);
+
+		if (write(pl_report, line, (size_t)n) != n)
+			_exit(6);
 	}
 	_exit(PL_EXIT_POWER);
 }
@@ -1045,7 +1058,7 @@ struct wres {
 };
 
 static struct wres res[R_COUNT];
-static int out_fd;
+static int out_fd = -1;
 static char rbuf[4000];
 static size_t rlen;
 static int64_t head;            /* the last event reported */
@@ -1305,7 +1318,7 @@ child_run(int fd, int64_t cut, int seed)
 {
 	int i;
 
-	out_fd = fd;
+	out_fd = pl_report = fd;
 	head = 0;
 	memset(res, 0, sizeof(res));
 	if (pl_install(cut, seed) == -1)
@@ -1352,6 +1365,7 @@ struct expect {
 	int staff_unsure[2];
 	int nstaff;
 	int done;                   /* steps acknowledged */
+	int loss[4];                /* unsynced, landed, torn, grown */
 	int64_t ops;                /* the child's operation count, if known */
 	char inflight[128];         /* the begin line of the cut step */
 	char fail[200];
@@ -1422,7 +1436,10 @@ parse_line(struct expect *e, char *line)
 		if ((k = staff_slot(e, a)) == -1)
 			return -1;
 		e->staff_state[k] = strcmp(b, "added") == 0 ? 1 : 2;
-	} else if (sscanf(line, "ops %lld", &seq) == 1)
+	} else if (sscanf(line, "loss %d %d %d %d", &e->loss[0], &e->loss[1],
+	    &e->loss[2], &e->loss[3]) == 4)
+		;
+	else if (sscanf(line, "ops %lld", &seq) == 1)
 		e->ops = seq;
 	else if (strncmp(line, "fail ", 5) == 0) {
 		snprintf(e->fail, sizeof(e->fail), "child: %s", line);
@@ -1439,11 +1456,12 @@ parse_line(struct expect *e, char *line)
 static void
 mark_unsure(struct expect *e)
 {
-	char *tok, *save = NULL;
+	char *tok, *save = NULL, line[sizeof(e->inflight)];
 	struct pcode *pc;
 	int k;
 
-	for (tok = strtok_r(e->inflight, " ", &save); tok != NULL;
+	memcpy(line, e->inflight, sizeof(line));
+	for (tok = strtok_r(line, " ", &save); tok != NULL;
 	    tok = strtok_r(NULL, " ", &save)) {
 		if (strncmp(tok, "staff:", 6) == 0) {
 			if ((k = staff_slot(e, tok + 6)) != -1)
@@ -1536,36 +1554,35 @@ fail_at(struct expect *e, const char *fmt, ...)
 	return -1;
 }
 
-/* The whole ledger from seq 1: gap-free, chained, signed by the device. */
+/*
+ * The ledger from where v stands (ledger_verify_init at seq 1 for the
+ * whole of it): gap-free, chained, signed by the device key.
+ */
 static int
-verify_ledger(sqlite3 *db, struct expect *e, int64_t *last)
+verify_ledger(sqlite3 *db, struct expect *e, struct ledger_verify *v)
 {
-	static const uint8_t zero[LEDGER_HASH_LEN];
-	struct ledger_verify v;
 	sqlite3_stmt *st;
 	int rc;
 
-	*last = 0;
-	rc = sqlite3_prepare_v2(db, "SELECT body FROM events ORDER BY seq", -1,
-	    &st, NULL);
+	rc = sqlite3_prepare_v2(db, "SELECT body FROM events WHERE seq >= ?1 "
+	    "ORDER BY seq", -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		/* Cut before the schema: no ledger yet. */
 		return strstr(sqlite3_errmsg(db), "no such table") ? 0 :
 		    fail_at(e, "ledger: %s", sqlite3_errmsg(db));
-	ledger_verify_init(&v, sign_pk, 1, zero);
+	sqlite3_bind_int64(st, 1, v->next_seq);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		const char *body = (const char *)sqlite3_column_text(st, 0);
 
-		if (body == NULL || ledger_verify_next(&v, body,
+		if (body == NULL || ledger_verify_next(v, body,
 		    strlen(body)) == -1) {
 			sqlite3_finalize(st);
-			return fail_at(e, "ledger: %s", v.error);
+			return fail_at(e, "ledger: %s", v->error);
 		}
 	}
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
 		return fail_at(e, "ledger: %s", sqlite3_errmsg(db));
-	*last = v.next_seq - 1;
 	return 0;
 }
 
@@ -1588,7 +1605,7 @@ query_text(sqlite3 *db, const char *sql, int64_t arg, char *out, size_t len)
 
 /* The files as the power left them, before lockerd touches them. */
 static int
-check_files(struct expect *e, int64_t *last)
+check_files(struct expect *e, struct ledger_verify *v)
 {
 	char text[4096], hex[33];
 	uint8_t h[16];
@@ -1606,7 +1623,7 @@ check_files(struct expect *e, int64_t *last)
 		    sqlite3_errmsg(db));
 		goto out;
 	}
-	if (verify_ledger(db, e, last) == -1)
+	if (verify_ledger(db, e, v) == -1)
 		goto out;
 	/* Durability: every event of an acknowledged step, byte for byte. */
 	for (i = 0; i < e->nev; i++) {
@@ -1640,11 +1657,11 @@ out:
 
 /* After the restart: no alarm about records, no forced door. */
 static int
-check_alarms(struct expect *e, int64_t after)
+check_alarms(struct expect *e, struct ledger_verify *v)
 {
+	int64_t after = v->next_seq - 1;
 	char text[64];
 	sqlite3 *db = NULL;
-	int64_t last;
 	int rc = -1;
 
 	if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL) !=
@@ -1657,7 +1674,7 @@ check_alarms(struct expect *e, int64_t after)
 		fail_at(e, "after the restart: %s", text[0] ? text :
 		    sqlite3_errmsg(db));
 	/* The chain goes on across the restart. */
-	else if (verify_ledger(db, e, &last) == 0)
+	else if (verify_ledger(db, e, v) == 0)
 		rc = 0;
 	sqlite3_close(db);
 	return rc;
@@ -1724,10 +1741,12 @@ check_staff(struct expect *e)
 static int
 verify(struct expect *e)
 {
-	int64_t last = 0;
+	static const uint8_t zero[LEDGER_HASH_LEN];
+	struct ledger_verify v;
 	int i, pass, rc = 0;
 
-	if (check_files(e, &last) == -1)
+	ledger_verify_init(&v, sign_pk, 1, zero);
+	if (check_files(e, &v) == -1)
 		return -1;
 	if (boot() == -1) {
 		lockerd_stop(&d);
@@ -1743,7 +1762,7 @@ verify(struct expect *e)
 		rc = check_staff(e);
 	lockerd_stop(&d);
 	if (rc == 0)
-		rc = check_alarms(e, last);
+		rc = check_alarms(e, &v);
 	return rc;
 }
 
@@ -1855,12 +1874,38 @@ one(int64_t cut, int seed, struct expect *e)
 	return rc;
 }
 
+/*
+ * Under sanitizers every fork copies a large address space and the run is
+ * several times slower: `make check` samples every 10th cut point (the
+ * full sweep is `make test`'s); POWERLOSS_STRIDE sets it.
+ */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PL_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(PL_ASAN)
+#define PL_STRIDE 10
+const char *__asan_default_options(void);
+
+/* A small quarantine keeps the parent small, and its forks cheap. */
+const char *
+__asan_default_options(void)
+{
+	return "quarantine_size_mb=16";
+}
+#else
+#define PL_STRIDE 1
+#endif
+
 static void
 test_powerloss_sweep(void **state)
 {
-	int seeds = env_int("POWERLOSS_SEEDS", 3), seed, failed = 0;
+	int seeds = env_int("POWERLOSS_SEEDS", 3), seed, failed = 0, i;
+	int stride = env_int("POWERLOSS_STRIDE", PL_STRIDE);
 	const char *only = getenv("POWERLOSS_ONLY");
-	long long ocut = -1, total, acked = 0, recoveries = 0, cuts = 0;
+	long long ocut = -1, total, acked = 0, events = 0, recoveries = 0;
+	long long cuts = 0, loss[4] = { 0, 0, 0, 0 };
 	int oseed = 0;
 	static struct expect ex;
 	struct expect *e = &ex;
@@ -1875,6 +1920,8 @@ test_powerloss_sweep(void **state)
 			fail_msg("cut %lld seed %d failed", ocut, oseed);
 		return;
 	}
+	if (seeds < 1 || stride < 1)
+		fail_msg("POWERLOSS_SEEDS and POWERLOSS_STRIDE are at least 1");
 	/* The whole workload, no cut: how many operations it makes. */
 	if (one(-1, 0, e) == -1 || e->ops <= 0 || e->done != NSTEPS) {
 		keep_files = 1;
@@ -1882,18 +1929,25 @@ test_powerloss_sweep(void **state)
 	}
 	total = e->ops;
 	/* Before each operation, and after the last. */
-	for (cut = 0; cut <= total && !failed; cut++, cuts++)
+	for (cut = 0; cut <= total && !failed; cut += stride, cuts++)
 		for (seed = 0; seed < seeds && !failed; seed++) {
 			failed = one(cut, seed, e) == -1;
 			acked += e->done;
+			events += e->nev;
 			recoveries += !failed;
+			for (i = 0; i < 4; i++)
+				loss[i] += e->loss[i];
 		}
 	if (!failed)
 		unlink(db_path);
-	printf("# powerloss: %d steps, %lld writes/truncates/syncs; %lld cut "
-	    "points x %d loss patterns; %lld acknowledged steps checked; "
-	    "%lld recoveries verified; %ld s\n", NSTEPS, total, cuts, seeds,
-	    acked, recoveries, (long)(time(NULL) - t0));
+	printf("# powerloss: workload of %d steps, %lld writes/truncates/"
+	    "syncs; %lld cut points%s x %d loss patterns = %lld recoveries "
+	    "verified; %lld acknowledged steps and %lld acknowledged events "
+	    "checked; unsynced at the cuts: %lld operations, %lld landed, "
+	    "%lld torn, %lld files grown over garbage; %ld s\n", NSTEPS,
+	    total, cuts, stride > 1 ? " (sampled)" : "", seeds, recoveries,
+	    acked, events, loss[0], loss[1], loss[2], loss[3],
+	    (long)(time(NULL) - t0));
 	if (failed) {
 		keep_files = 1;
 		fail_msg("a recovery failed");
