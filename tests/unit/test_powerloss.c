@@ -1058,6 +1058,7 @@ struct wres {
 };
 
 static struct wres res[R_COUNT];
+static int cut_after_step = -1; /* the power fails right after this step */
 static int out_fd = -1;
 static char rbuf[4000];
 static size_t rlen;
@@ -1334,6 +1335,8 @@ child_run(int fd, int64_t cut, int seed)
 			child_fail(i, "cannot read the ledger");
 		rep("done %d\n", i);
 		rep_flush();
+		if (i == cut_after_step)
+			pl_cut = pl_count;
 	}
 	rep("ops %lld\n", (long long)pl_count);
 	rep_flush();
@@ -1740,6 +1743,54 @@ check_staff(struct expect *e)
 	return 0;
 }
 
+/*
+ * Invariant 5 at rest: a plain code lives only in its issuance event until
+ * it is handed over. Every code the parent knows was handed over (reserve,
+ * reissue) or taken and wiped (take_codes), so none may be in the files
+ * the running locker keeps, old WAL frames included.
+ */
+static int
+check_no_code_at_rest(struct expect *e)
+{
+	static const char *const suffix[] = { "", "-wal" };
+	char path[320];
+	unsigned char *buf = NULL;
+	size_t len = 0, cap = 0;
+	ssize_t n;
+	int i, k, fd, rc = 0;
+
+	for (k = 0; k < 2 && rc == 0; k++) {
+		snprintf(path, sizeof(path), "%s%s", db_path, suffix[k]);
+		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+			continue;
+		len = 0;
+		for (;;) {
+			if (len == cap) {
+				unsigned char *p = realloc(buf, cap = cap ?
+				    cap * 2 : 1 << 20);
+
+				if (p == NULL) {
+					rc = fail_at(e, "out of memory");
+					break;
+				}
+				buf = p;
+			}
+			if ((n = read(fd, buf + len, cap - len)) <= 0)
+				break;
+			len += (size_t)n;
+		}
+		close(fd);
+		for (i = 0; i < e->ncodes && rc == 0; i++)
+			if (memmem(buf, len, e->codes[i].code,
+			    strlen(e->codes[i].code)) != NULL)
+				rc = fail_at(e, "the plain code for cell %d is "
+				    "at rest in %s", e->codes[i].cell,
+				    suffix[k][0] ? "the WAL" : "the database");
+	}
+	free(buf);
+	return rc;
+}
+
 /* The whole check of one recovery; e->fail says why on -1. */
 static int
 verify(struct expect *e)
@@ -1756,6 +1807,7 @@ verify(struct expect *e)
 		return fail_at(e, "lockerd does not start on the recovered "
 		    "files");
 	}
+	rc = check_no_code_at_rest(e);
 	/* Spent codes first (a refusal changes nothing), live ones last. */
 	for (pass = C_DEAD; pass >= C_LIVE && rc == 0; pass--)
 		for (i = 0; i < e->ncodes && rc == 0; i++)
@@ -1857,6 +1909,34 @@ test_harness_loses_unsynced(void **state)
 	assert_int_equal(raw_commit_then_loss("FULL"), 1);
 	assert_int_equal(raw_commit_then_loss("NORMAL"), 0);
 	assert_int_equal(raw_commit_then_loss("OFF"), 0);
+}
+
+/*
+ * Regression: the power fails right after the first pickup code was taken
+ * (its secret wiped, the WAL checkpointed and truncated), and nothing that
+ * was not synced lands: not the WAL's truncation either. The old frame
+ * that held the plain code stayed in the WAL, and the restarted lockerd
+ * kept it there; now it scrubs at start-up.
+ */
+static void
+test_wiped_code_not_left_in_wal(void **state)
+{
+	static struct expect e;
+	int i, rc;
+
+	(void)state;
+	for (i = 0; i < NSTEPS && steps[i].act != ACT_TAKE_CODES; i++)
+		;
+	clear_state();
+	cut_after_step = i;
+	rc = run_child(-1, 0, &e);
+	cut_after_step = -1;
+	assert_int_equal(rc, 0);
+	assert_int_equal(e.done, i + 1);
+	rc = verify(&e);
+	if (rc == -1)
+		printf("# %s\n", e.fail);
+	assert_int_equal(rc, 0);
 }
 
 /* One cut point and seed: 0 if the recovery checks out. */
@@ -1962,6 +2042,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_harness_loses_unsynced),
+		cmocka_unit_test(test_wiped_code_not_left_in_wal),
 		cmocka_unit_test(test_powerloss_sweep),
 	};
 
