@@ -11,9 +11,11 @@
 #   make soak    deps + build + the soak-sized tests only: each test named in
 #                SOAK_TESTS (tests/run.py -k, any of them) runs with SOAK_ENV
 #                (SOAK=1, CHAOS_KILLS=300: the chaos test kills lockerd 300
-#                times instead of the 30 of `make test`). A soak test joins
-#                by adding its name to SOAK_TESTS and reading SOAK (or its
-#                own size variable, added to SOAK_ENV).
+#                times instead of the 30 of `make test`; POWERLOSS_SEEDS=20:
+#                test_powerloss tries 20 loss patterns per cut point, not
+#                3). A soak test joins by adding its name to SOAK_TESTS and
+#                reading SOAK (or its own size variable, added to
+#                SOAK_ENV); a unit test is also listed in SOAK_UNITS.
 #   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS; `make test`
 #                replays their seeds and past crashes (fuzz-regress)
 
@@ -184,15 +186,17 @@ bench: deps
 _bench: $(BINS) $(BUILD)/codebench
 	@$(PYTHON) tests/bench/bench.py --build $(BUILD)
 
-SOAK_TESTS ?= test_chaos::test_chaos_kill9
-SOAK_ENV   ?= SOAK=1 CHAOS_KILLS=300
+SOAK_TESTS ?= test_chaos::test_chaos_kill9 test_powerloss
+SOAK_ENV   ?= SOAK=1 CHAOS_KILLS=300 POWERLOSS_SEEDS=20 UNIT_TIMEOUT=1800
+# Unit tests that have a soak size (run.py -k picks them by name).
+SOAK_UNITS := $(BUILD)/test_powerloss
 
 soak: deps
 	@$(MAKE) --no-print-directory _soak
 
-_soak: $(BINS)
+_soak: $(BINS) $(SOAK_UNITS)
 	@env $(SOAK_ENV) $(PYTHON) tests/run.py --build $(BUILD) \
-		$(addprefix -k ,$(SOAK_TESTS))
+		$(addprefix -k ,$(SOAK_TESTS)) $(SOAK_UNITS)
 
 clean:
 	rm -rf build build-san build-fuzz
