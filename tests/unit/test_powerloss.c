@@ -18,8 +18,10 @@
  *    and a disk that breaks it breaks SQLite's promise, not lockerd's;
  *  - a write that extends a file may leave garbage in the new space
  *    (SQLite assumes the size is updated before the content);
- *  - creating and deleting a file is durable at once and atomic (SQLite
- *    assumes atomic deletion and syncs directories itself);
+ *  - creating or deleting a file is atomic, and durable once its folder
+ *    is synced: the unix VFS syncs it on the first sync of a journal or
+ *    WAL it created, and when SQLite deletes with dirSync; until then the
+ *    power may take a new file away or bring a deleted one back;
  *  - the -shm wal-index is memory, not storage: it passes through, and the
  *    first connection after the restart rebuilds it from the WAL.
  * Not modelled, because no database survives them: a disk that
@@ -84,7 +86,16 @@ struct pl_op {
 struct pl_file {
 	sqlite3_file base;
 	struct pl_node *node;       /* NULL: passes through (-shm, temp) */
+	int dirsync;                /* its first sync also syncs the folder */
 	sqlite3_file *real;         /* the unix VFS's file, right after us */
+};
+
+/* A name created or deleted since the folder was last synced. */
+struct pl_dirent {
+	char path[512];
+	int existed;                /* at the last folder sync; then ... */
+	unsigned char *data;        /* ... with this durable content */
+	size_t len;
 };
 
 #define PL_FILE_SIZE ((sizeof(struct pl_file) + 15) & ~(size_t)15)
@@ -99,6 +110,8 @@ static int64_t pl_cut = -1;     /* the power fails before this one */
 static uint64_t pl_rng;         /* the loss pattern's generator */
 static int pl_seed;
 static int pl_report = -1;      /* where the loss is described, if any */
+static struct pl_dirent pl_dir[PL_NODES];
+static int pl_ndir;
 
 static uint64_t
 pl_rand(void)
@@ -230,6 +243,70 @@ pl_tick(void)
 		pl_power_loss();
 }
 
+static struct pl_dirent *
+pl_dir_find(const char *path)
+{
+	int i;
+
+	for (i = 0; i < pl_ndir; i++)
+		if (strcmp(pl_dir[i].path, path) == 0)
+			return &pl_dir[i];
+	if (pl_ndir == PL_NODES || strlen(path) >= sizeof(pl_dir[0].path))
+		return NULL;
+	memset(&pl_dir[pl_ndir], 0, sizeof(pl_dir[0]));
+	snprintf(pl_dir[pl_ndir].path, sizeof(pl_dir[0].path), "%s", path);
+	return &pl_dir[pl_ndir++];
+}
+
+/* A new name: gone again if the power fails before a folder sync. */
+static void
+pl_dir_created(const char *path)
+{
+	int i, known = 0;
+
+	for (i = 0; i < pl_ndir; i++)
+		known |= strcmp(pl_dir[i].path, path) == 0;
+	/* Deleted and made again since: the older state stands. */
+	if (!known && pl_dir_find(path) == NULL)
+		_exit(5);
+}
+
+/* A name removed: back, as it was durably, if no folder sync follows. */
+static void
+pl_dir_deleted(const char *path)
+{
+	struct pl_dirent *de;
+	unsigned char *buf = NULL;
+	size_t len = 0;
+	struct stat st;
+	int i, fd;
+
+	for (i = 0; i < pl_ndir; i++)
+		if (strcmp(pl_dir[i].path, path) == 0)
+			return;         /* it did not exist at the last sync */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return;
+	if (fstat(fd, &st) == 0 && st.st_size > 0 &&
+	    (buf = malloc((size_t)st.st_size)) != NULL)
+		len = (size_t)pread(fd, buf, (size_t)st.st_size, 0);
+	close(fd);
+	if ((de = pl_dir_find(path)) == NULL)
+		_exit(5);
+	de->existed = 1;
+	de->data = buf;
+	de->len = len == (size_t)-1 ? 0 : len;
+}
+
+static void
+pl_dir_synced(void)
+{
+	int i;
+
+	for (i = 0; i < pl_ndir; i++)
+		free(pl_dir[i].data);
+	pl_ndir = 0;
+}
+
 static int
 pl_close(sqlite3_file *f)
 {
@@ -322,9 +399,15 @@ pl_sync(sqlite3_file *f, int flags)
 	if (p->node == NULL)
 		return p->real->pMethods->xSync(p->real, flags);
 	pl_tick();
-	if ((rc = pl_flush(p->node, p->real)) != SQLITE_OK)
+	if ((rc = pl_flush(p->node, p->real)) != SQLITE_OK ||
+	    (rc = p->real->pMethods->xSync(p->real, flags)) != SQLITE_OK)
 		return rc;
-	return p->real->pMethods->xSync(p->real, flags);
+	/* The unix VFS synced the folder too (UNIXFILE_DIRSYNC). */
+	if (p->dirsync) {
+		p->dirsync = 0;
+		pl_dir_synced();
+	}
+	return SQLITE_OK;
 }
 
 static int
@@ -437,7 +520,9 @@ pl_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags,
     int *out)
 {
 	struct pl_file *p = (struct pl_file *)f;
-	int rc;
+	int rc, tracked = name != NULL && (flags & (SQLITE_OPEN_MAIN_DB |
+	    SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_WAL));
+	int existed = tracked && access(name, F_OK) == 0;
 
 	(void)vfs;
 	memset(p, 0, sizeof(*p));
@@ -445,28 +530,37 @@ pl_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags,
 	rc = pl_real->xOpen(pl_real, name, p->real, flags, out);
 	/* SQLite closes what has methods, even after a failed open. */
 	p->base.pMethods = p->real->pMethods != NULL ? &pl_io : NULL;
-	if (rc != SQLITE_OK)
+	if (rc != SQLITE_OK || !tracked)
 		return rc;
-	if (name != NULL && (flags & (SQLITE_OPEN_MAIN_DB |
-	    SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_WAL)) &&
-	    (p->node = pl_node_get(name, p->real)) == NULL) {
+	if ((p->node = pl_node_get(name, p->real)) == NULL) {
 		p->real->pMethods->xClose(p->real);
 		p->base.pMethods = NULL;
 		return SQLITE_CANTOPEN;
 	}
+	if (!existed)
+		pl_dir_created(name);
+	/* As unixOpen() decides it. */
+	p->dirsync = (flags & SQLITE_OPEN_CREATE) && (flags &
+	    (SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_SUPER_JOURNAL |
+	    SQLITE_OPEN_WAL));
 	return SQLITE_OK;
 }
 
 static int
 pl_delete(sqlite3_vfs *vfs, const char *name, int dirsync)
 {
-	int i;
+	int i, rc;
 
 	(void)vfs;
 	for (i = 0; i < PL_NODES; i++)
 		if (pl_nodes[i].used && strcmp(pl_nodes[i].path, name) == 0)
 			pl_node_drop(&pl_nodes[i]);
-	return pl_real->xDelete(pl_real, name, dirsync);
+	if (!dirsync)
+		pl_dir_deleted(name);
+	rc = pl_real->xDelete(pl_real, name, dirsync);
+	if (rc == SQLITE_OK && dirsync)
+		pl_dir_synced();
+	return rc;
 }
 
 static int
@@ -570,6 +664,7 @@ pl_install(int64_t cut, int seed)
 	pl_vfs.xGetLastError = pl_last_error;
 	pl_vfs.xCurrentTimeInt64 = pl_current_time64;
 	pl_count = 0;
+	pl_ndir = 0;
 	pl_cut = cut;
 	pl_seed = seed;
 	pl_rng = ((uint64_t)seed << 32 ^ (uint64_t)(cut + 1)) *
@@ -624,7 +719,7 @@ static void
 pl_power_loss(void)
 {
 	int fds[PL_NODES], i, mode, garbage = 0, tear = 0;
-	int landed = 0, torn = 0, grown = 0;
+	int landed = 0, torn = 0, grown = 0, undone = 0;
 	unsigned char *land;
 	unsigned pct = 0;
 	int prefix = 0;
@@ -687,10 +782,30 @@ pl_power_loss(void)
 		}
 		grown++;
 	}
+	/* Names changed since the last folder sync: seed 0 undoes them all,
+	 * seed 1 none, the others each with even odds. */
+	for (i = 0; i < pl_ndir; i++) {
+		const struct pl_dirent *de = &pl_dir[i];
+		int fd;
+
+		if (mode == 1 || (mode >= 2 && pl_chance(2)))
+			continue;
+		undone++;
+		if (!de->existed) {
+			unlink(de->path);
+			continue;
+		}
+		fd = open(de->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+		    0644);
+		if (fd == -1)
+			_exit(5);
+		pl_pwrite(fd, de->data, de->len, 0);
+		close(fd);
+	}
 	if (pl_report != -1) {
 		char line[96];
-		int n = snprintf(line, sizeof(line), "loss %d %d %d %d\n",
-		    pl_nops, landed, torn, grown);
+		int n = snprintf(line, sizeof(line), "loss %d %d %d %d %d\n",
+		    pl_nops, landed, torn, grown, undone);
 
 		if (write(pl_report, line, (size_t)n) != n)
 			_exit(6);
@@ -1368,7 +1483,7 @@ struct expect {
 	int staff_unsure[2];
 	int nstaff;
 	int done;                   /* steps acknowledged */
-	int loss[4];                /* unsynced, landed, torn, grown */
+	int loss[5];                /* unsynced, landed, torn, grown, names */
 	int64_t ops;                /* the child's operation count, if known */
 	char inflight[128];         /* the begin line of the cut step */
 	char fail[200];
@@ -1439,8 +1554,8 @@ parse_line(struct expect *e, char *line)
 		if ((k = staff_slot(e, a)) == -1)
 			return -1;
 		e->staff_state[k] = strcmp(b, "added") == 0 ? 1 : 2;
-	} else if (sscanf(line, "loss %d %d %d %d", &e->loss[0], &e->loss[1],
-	    &e->loss[2], &e->loss[3]) == 4)
+	} else if (sscanf(line, "loss %d %d %d %d %d", &e->loss[0],
+	    &e->loss[1], &e->loss[2], &e->loss[3], &e->loss[4]) == 5)
 		;
 	else if (sscanf(line, "ops %lld", &seq) == 1)
 		e->ops = seq;
@@ -1615,6 +1730,9 @@ check_files(struct expect *e, struct ledger_verify *v)
 	sqlite3 *db = NULL;
 	int i, rc = -1;
 
+	/* A database created after the last folder sync may be gone. */
+	if (access(db_path, F_OK) == -1)
+		return e->nev == 0 ? 0 : fail_at(e, "the database is gone");
 	/* Recovery only reads the WAL; closing must not checkpoint it
 	 * either: lockerd starts on the files as the power left them. */
 	if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL) !=
@@ -1988,7 +2106,7 @@ test_powerloss_sweep(void **state)
 	int stride = env_int("POWERLOSS_STRIDE", PL_STRIDE);
 	const char *only = getenv("POWERLOSS_ONLY");
 	long long ocut = -1, total, acked = 0, events = 0, recoveries = 0;
-	long long cuts = 0, loss[4] = { 0, 0, 0, 0 };
+	long long cuts = 0, loss[5] = { 0, 0, 0, 0, 0 };
 	int oseed = 0;
 	static struct expect ex;
 	struct expect *e = &ex;
@@ -2018,7 +2136,7 @@ test_powerloss_sweep(void **state)
 			acked += e->done;
 			events += e->nev;
 			recoveries += !failed;
-			for (i = 0; i < 4; i++)
+			for (i = 0; i < 5; i++)
 				loss[i] += e->loss[i];
 		}
 	if (!failed)
@@ -2027,9 +2145,10 @@ test_powerloss_sweep(void **state)
 	    "syncs; %lld cut points%s x %d loss patterns = %lld recoveries "
 	    "verified; %lld acknowledged steps and %lld acknowledged events "
 	    "checked; unsynced at the cuts: %lld operations, %lld landed, "
-	    "%lld torn, %lld files grown over garbage; %ld s\n", NSTEPS,
-	    total, cuts, stride > 1 ? " (sampled)" : "", seeds, recoveries,
-	    acked, events, loss[0], loss[1], loss[2], loss[3],
+	    "%lld torn, %lld files grown over garbage, %lld file creations "
+	    "or deletions undone; %ld s\n", NSTEPS, total, cuts,
+	    stride > 1 ? " (sampled)" : "", seeds, recoveries, acked, events,
+	    loss[0], loss[1], loss[2], loss[3], loss[4],
 	    (long)(time(NULL) - t0));
 	if (failed) {
 		keep_files = 1;
