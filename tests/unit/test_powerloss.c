@@ -718,7 +718,8 @@ pl_apply_torn(int fd, const struct pl_op *op)
 static void
 pl_power_loss(void)
 {
-	int fds[PL_NODES], i, mode, garbage = 0, tear = 0;
+	int fds[PL_NODES], last_trunc[PL_NODES], i, mode, garbage = 0;
+	int tear = 0;
 	int landed = 0, torn = 0, grown = 0, undone = 0;
 	unsigned char *land;
 	unsigned pct = 0;
@@ -740,9 +741,11 @@ pl_power_loss(void)
 	for (i = 0; i < pl_nops; i++)
 		land[i] = mode == 1 || (mode == 2 && i < prefix) ||
 		    (mode == 3 && pl_rand() % 100 < pct);
-	for (i = 0; i < PL_NODES; i++)
+	for (i = 0; i < PL_NODES; i++) {
 		fds[i] = pl_nodes[i].used ? open(pl_nodes[i].path,
 		    O_WRONLY | O_CLOEXEC) : -1;
+		last_trunc[i] = -1;
+	}
 	for (i = 0; i < pl_nops; i++) {
 		const struct pl_op *op = &pl_ops[i];
 		int fd = fds[op->node - pl_nodes];
@@ -761,7 +764,11 @@ pl_power_loss(void)
 			pl_pwrite(fd, op->data, (size_t)op->len, op->off);
 	}
 	/* A lost write that would have grown the file: the size may have
-	 * grown all the same, over garbage. */
+	 * grown all the same, over garbage (unless a truncation that came
+	 * later landed). */
+	for (i = 0; i < pl_nops; i++)
+		if (pl_ops[i].trunc && land[i])
+			last_trunc[pl_ops[i].node - pl_nodes] = i;
 	for (i = 0; garbage && i < pl_nops; i++) {
 		const struct pl_op *op = &pl_ops[i];
 		int fd = fds[op->node - pl_nodes];
@@ -769,8 +776,9 @@ pl_power_loss(void)
 		unsigned char junk[PL_SECTOR];
 		size_t k;
 
-		if (land[i] || op->trunc || fd == -1 || fstat(fd, &st) == -1 ||
-		    end <= st.st_size || !pl_chance(2))
+		if (land[i] || op->trunc || fd == -1 ||
+		    last_trunc[op->node - pl_nodes] > i ||
+		    fstat(fd, &st) == -1 || end <= st.st_size || !pl_chance(2))
 			continue;
 		for (from = st.st_size > op->off ? st.st_size : op->off;
 		    from < end; from += (sqlite3_int64)k) {
