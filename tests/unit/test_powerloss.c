@@ -1933,7 +1933,13 @@ verify(struct expect *e)
 		return fail_at(e, "lockerd does not start on the recovered "
 		    "files");
 	}
-	rc = check_no_code_at_rest(e);
+	/* No door opens by itself after the outage (invariant 1). */
+	for (i = 0; i < d.bank.ncells && rc == 0; i++)
+		if (fb_pulsed[i] != 0)
+			rc = fail_at(e, "cell %d was pulsed at start-up",
+			    d.cells[i].number);
+	if (rc == 0)
+		rc = check_no_code_at_rest(e);
 	/* Spent codes first (a refusal changes nothing), live ones last. */
 	for (pass = C_DEAD; pass >= C_LIVE && rc == 0; pass--)
 		for (i = 0; i < e->ncodes && rc == 0; i++)
