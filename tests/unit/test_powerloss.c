@@ -1072,8 +1072,9 @@ door(int number, int open)
 	fb_inputs(b);
 	lockerd_mb_dispatch(&d);
 	lockerd_tick(&d);
-	return d.cells[cell].door == (open ? BANK_DOOR_OPEN :
-	    BANK_DOOR_CLOSED) ? 0 : -1;
+	/* Seen and recorded: the step is acknowledged only then. */
+	return !d.unrecorded && d.cells[cell].door == (open ?
+	    BANK_DOOR_OPEN : BANK_DOOR_CLOSED) ? 0 : -1;
 }
 
 static json_t *
