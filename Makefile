@@ -11,9 +11,11 @@
 #   make soak    deps + build + the soak-sized tests only: each test named in
 #                SOAK_TESTS (tests/run.py -k, any of them) runs with SOAK_ENV
 #                (SOAK=1, CHAOS_KILLS=300: the chaos test kills lockerd 300
-#                times instead of the 30 of `make test`). A soak test joins
-#                by adding its name to SOAK_TESTS and reading SOAK (or its
-#                own size variable, added to SOAK_ENV).
+#                times instead of the 30 of `make test`; POWERLOSS_SEEDS=20:
+#                test_powerloss tries 20 loss patterns per cut point, not
+#                3). A soak test joins by adding its name to SOAK_TESTS and
+#                reading SOAK (or its own size variable, added to
+#                SOAK_ENV); a unit test is also listed in SOAK_UNITS.
 #   make fuzz    libFuzzer targets (clang), each for FUZZ_SECONDS; `make test`
 #                replays their seeds and past crashes (fuzz-regress)
 #   make install PREFIX=/usr/local DESTDIR=   the binaries, board profiles,
@@ -88,7 +90,7 @@ BINS := $(BUILD)/lockerd $(BUILD)/locksim $(BUILD)/kiosk $(BUILD)/mbping
 UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_store $(BUILD)/test_physics $(BUILD)/test_resv \
 	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing \
-	$(BUILD)/test_cmd
+	$(BUILD)/test_cmd $(BUILD)/test_powerloss
 
 .PHONY: all deps test check run demo bench soak fuzz clean unit integration \
 	_test _bench _soak install uninstall FORCE
@@ -173,6 +175,11 @@ $(BUILD)/test_cmd: $(call obj,tests/unit/test_cmd.c proto/cmd.c)
 $(BUILD)/test_guessing: $(call obj,tests/unit/test_guessing.c controller/throttle.c controller/resv.c controller/bank.c controller/codes.c controller/log.c controller/util.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
+# The whole controller with the boards faked at the mb_* interface (the
+# test defines them), over a fault-injecting SQLite VFS.
+$(BUILD)/test_powerloss: $(call obj,tests/unit/test_powerloss.c $(filter-out controller/mb.c,$(CORE_SRC))) $(PROTO_OBJ)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
 # The test targets install what they need first, then re-enter make so that
 # pkg-config sees the freshly installed libraries.
 test: deps
@@ -202,15 +209,18 @@ bench: deps
 _bench: $(BINS) $(BUILD)/codebench
 	@$(PYTHON) tests/bench/bench.py --build $(BUILD)
 
-SOAK_TESTS ?= test_chaos::test_chaos_kill9 test_load::test_load_100_commands_a_second
-SOAK_ENV   ?= SOAK=1 CHAOS_KILLS=300
+SOAK_TESTS ?= test_chaos::test_chaos_kill9 test_load::test_load_100_commands_a_second \
+	test_powerloss
+SOAK_ENV   ?= SOAK=1 CHAOS_KILLS=300 POWERLOSS_SEEDS=20 UNIT_TIMEOUT=1800
+# Unit tests that have a soak size (run.py -k picks them by name).
+SOAK_UNITS := $(BUILD)/test_powerloss
 
 soak: deps
 	@$(MAKE) --no-print-directory _soak
 
-_soak: $(BINS)
+_soak: $(BINS) $(SOAK_UNITS)
 	@env $(SOAK_ENV) $(PYTHON) tests/run.py --build $(BUILD) \
-		$(addprefix -k ,$(SOAK_TESTS))
+		$(addprefix -k ,$(SOAK_TESTS)) $(SOAK_UNITS)
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -972,6 +972,13 @@ lockerd_start_offline(struct lockerd *d)
 		log_error("%s", err);
 		return -1;
 	}
+	/*
+	 * A crash or power loss between wiping delivered codes and the
+	 * checkpoint that scrubs the WAL leaves their plain text in old WAL
+	 * frames, which nothing would overwrite for a long time: scrub once
+	 * now (test_powerloss found it).
+	 */
+	store_scrub(d->store);
 	if ((d->keys = codes_keys_load(d->cfg.key_file, err, sizeof(err))) ==
 	    NULL) {
 		log_error("%s", err);

@@ -657,7 +657,7 @@ store_scrub(struct store *s)
 	    SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 
 	if (rc != SQLITE_OK)
-		log_warn("database: checkpoint after wiping codes: %s",
+		log_warn("database: checkpoint to scrub the WAL: %s",
 		    sqlite3_errmsg(s->db));
 }
 

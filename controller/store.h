@@ -72,8 +72,9 @@ int store_event_secret(struct store *s, int64_t seq, const char *secret);
 /* Calls fn(seq, secret, arg) for every event that still holds one. */
 int store_event_secrets(struct store *s, store_event_fn fn, void *arg);
 /*
- * After wiping secrets: checkpoints the WAL into the database (whose freed
- * space secure_delete zeroes) and truncates it, so no old copy remains.
+ * After wiping secrets, and at start-up: checkpoints the WAL into the
+ * database (whose freed space secure_delete zeroes) and truncates it, so
+ * no old copy remains.
  */
 void store_scrub(struct store *s);
 /* The outbox: undelivered events from seq on, with their secret. */

@@ -10,7 +10,9 @@ another, each under a timeout. Ends with one line "N passed, N failed".
 
 -k may be given more than once: a test runs if its name contains any of
 them. A test function may carry a `timeout` attribute (seconds) for a
-longer limit than --timeout (the chaos test, sized by CHAOS_KILLS).
+longer limit than --timeout (the chaos test, sized by CHAOS_KILLS); unit
+binaries get UNIT_TIMEOUT seconds if it is set (`make soak`). A passing
+unit binary's lines that start with "# " (its figures) are shown.
 """
 
 import argparse
@@ -79,6 +81,10 @@ def run_unit(path, timeout):
         if passed == 0:
             print(f"WARN {name}: reported no tests")
         print(f"PASS {name} ({passed} test(s), {took:.1f} s)")
+        # A test's figures, on lines of its own that start with "# ".
+        for l in out.splitlines():
+            if l.startswith("# "):
+                print(f"  {l}")
     sys.stdout.flush()
     return passed, failed
 
@@ -187,10 +193,12 @@ def main():
     os.chdir(ROOT)
 
     passed = failed = 0
+    # A unit binary sized up for `make soak` may need longer (UNIT_TIMEOUT).
+    unit_timeout = float(os.environ.get("UNIT_TIMEOUT", args.timeout))
     for u in args.units:
         if args.filter and not any(f in os.path.basename(u) for f in args.filter):
             continue
-        p, f = run_unit(u if os.path.isabs(u) else os.path.join(ROOT, u), args.timeout)
+        p, f = run_unit(u if os.path.isabs(u) else os.path.join(ROOT, u), unit_timeout)
         passed += p
         failed += f
 
