@@ -84,8 +84,8 @@ def test_bad_config_reports_file_line():
 
     _check_reports(path, good.replace("poll_ms = 20", "poll_ms = fast"), "poll_ms = fast",
                    reason_words=("poll_ms", "fast"))
-    _check_reports(path, good.replace("door_left_open_s = 10", "door_left_open_s = 5"),
-                   "door_left_open_s = 5", reason_words=("door_left_open_s", "10"))
+    _check_reports(path, good.replace("door_left_open_s = 10", "door_left_open_s = 4"),
+                   "door_left_open_s = 4", reason_words=("door_left_open_s", "5"))
     _check_reports(path, _insert_after(good, "[timing]", "colour = blue"), "colour = blue",
                    reason_words=("colour",))
     t = good + "\n[frobnicate]\nwidth = 3\n"
