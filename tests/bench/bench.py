@@ -63,6 +63,7 @@ subset; make bench runs everything.
 
 import argparse
 import json
+import re
 import os
 import socket
 import statistics
@@ -94,13 +95,16 @@ def emit(name, values=None, unit=None, **extra):
     return rec
 
 
-def bench_bare_write(count):
+def bench_bare_write(count, rtu=False, baud=115200):
+    """build/mbping: bare libmodbus FC05 writes to a locksim board over TCP
+    or RTU on locksim's pseudo-terminal. Returns (oneway, rtt) in ms."""
     H.begin_test("bench-bare")
     try:
-        sim = H.Locksim(boards=[(1, "generic-16")], name="bare")
-        out = subprocess.run([H.binary("mbping"), "--tcp", f"127.0.0.1:{sim.port}",
-                              "1", "0", str(count)], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
+        sim = H.Locksim(boards=[(1, "generic-16")], tcp=not rtu, rtu=rtu, name="bare")
+        target = ["--rtu", f"{sim.rtu_path}:{baud}"] if rtu else \
+            ["--tcp", f"127.0.0.1:{sim.port}"]
+        out = subprocess.run([H.binary("mbping")] + target + ["1", "0", str(count)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
         pings = [json.loads(line) for line in out.splitlines()]
         writes = sim.writes()
         # The first writes seen by locksim are mbping's, in order.
@@ -110,33 +114,95 @@ def bench_bare_write(count):
         return oneway, rtt
     finally:
         H.end_test(False)
+        H.remove_tmp(False)
 
 
-def bench_unlock(rounds):
-    H.begin_test("bench-unlock")
-    try:
-        sim = H.Locksim(boards=[(1, "generic-16")], name="sim")
-        cfg = H.config(sim=sim, boards={"A": {"bus": "sim", "unit": 1,
-                                              "profile": "generic-16"}},
-                       cells={"1-16": "A:1 S"}, log_level="warn")
-        lk = H.Lockerd(cfg)
-        lat = []
-        for _ in range(rounds):
-            for cell in range(1, 17):
-                after = sim.last_write_n()
+# The unlock benches: 8 boards x 16 cells, one drop-off code per cell.
+UNLOCK_BOARDS = 8
+UNLOCK_TIMING = {"poll_ms": 100, "debounce_ms": 150, "unlock_confirm_ms": 3000,
+                 "door_left_open_s": 600, "door_left_open_repeat_s": 600}
+KEYPAD_RE = re.compile(r"keypad: cell (\d+) unlock timing \(monotonic us\): got (\d+) "
+                       r"checked (\d+) tx (\d+) commit (\d+) durable (\d+) queued (\d+)")
+WORKER_RE = re.compile(r"board (B\d+): unlock channel (\d+) timing \(monotonic us\): "
+                       r"queued (\d+) picked (\d+) sent (\d+) replied (\d+) rc 1")
+
+
+def unlock_rig(rtu=False, baud=115200, parity="N"):
+    """locksim with UNLOCK_BOARDS generic-16 boards (TCP, or RTU on its
+    pseudo-terminal) and a lockerd at log level debug, whose keypad and
+    Modbus worker write the "unlock timing" lines. Returns (sim, lk)."""
+    units = [(u, "generic-16") for u in range(1, UNLOCK_BOARDS + 1)]
+    sim = H.Locksim(boards=units, tcp=not rtu, rtu=rtu, name="sim")
+    boards = {f"B{u}": {"bus": "sim", "unit": u, "profile": "generic-16"} for u, _ in units}
+    cells = {f"{(u - 1) * 16 + 1}-{u * 16}": f"B{u}:1 S" for u, _ in units}
+    cfg = H.config(sim=sim, rtu=rtu, boards=boards, cells=cells, timing=UNLOCK_TIMING,
+                   log_level="debug", extra=H.custody_extra(
+                       kiosk={"code_burst": 10, "code_refill_s": 1}))
+    if rtu:
+        cfg["bus sim"].update({"baud": baud, "parity": parity})
+    return sim, H.Lockerd(cfg)
+
+
+def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
+    """Codes typed on the keypad socket -> the relay write seen by locksim,
+    with lockerd's own phase stamps (debug log) and locksim's write log,
+    all on CLOCK_MONOTONIC. Each round is a fresh locksim + lockerd with
+    128 drop-off codes, typed gap_s apart (a door that springs open is
+    recorded meanwhile, as in life). Returns a list of per-unlock dicts
+    of phase durations in ms."""
+    samples = []
+    for rnd in range(rounds):
+        H.begin_test(f"bench-unlock-{'rtu' if rtu else 'tcp'}-{rnd}")
+        failed = True
+        try:
+            sim, lk = unlock_rig(rtu, baud, parity)
+            lk.wait_event("started", timeout=10)
+            kc = H.kiosk(lk)
+            ncells = UNLOCK_BOARDS * 16
+            codes = {}
+            for i in range(ncells):
+                r = lk.ctl_ok({"op": "reserve", "app": f"U-{rnd}-{i}", "size": "S"})
+                codes[r["cell"]] = r["code"]
+            after = sim.last_write_n()
+            sent = {}
+            for cell, code in codes.items():
+                time.sleep(gap_s)
                 t0 = time.monotonic()
-                lk.ctl_ok({"op": "open", "cell": cell})
-                w = sim.wait_write(H.is_write(1, cell - 1, H.WRITE_ON), after=after)
-                lat.append((w["t"] - t0) * 1000)
-            H.wait_for(lambda: all(c["door"] == "open" for c in lk.state()["cells"]),
-                       10, what="all doors open")
-            for cell in range(1, 17):
-                sim.cmd(f"close 1 {cell}")
-            H.wait_for(lambda: all(c["door"] == "closed" for c in lk.state()["cells"]),
-                       10, what="all doors closed")
-        return lat
-    finally:
-        H.end_test(False)
+                rep = kc.request({"op": "code", "code": code})
+                if rep.get("ok") is not True or rep.get("cell") != cell:
+                    raise H.HarnessError(f"code for cell {cell} -> {rep}")
+                sent[cell] = t0
+            seen = {}
+
+            def all_seen():
+                for w in sim.writes(after):
+                    if w["fc"] == 5 and w["value"] == H.WRITE_ON:
+                        seen.setdefault((w["unit"] - 1) * 16 + w["addr"] + 1, w["t"])
+                return len(seen) >= ncells
+            H.wait_for(all_seen, 10, what="every unlock write")
+            lk.stop()
+            with open(lk.log_path) as f:
+                text = f.read()
+            kp = {int(m[0]): [int(x) / 1e6 for x in m[1:]] for m in KEYPAD_RE.findall(text)}
+            wk = {}
+            for m in WORKER_RE.findall(text):
+                cell = (int(m[0][1:]) - 1) * 16 + int(m[1])
+                wk.setdefault(cell, [int(x) / 1e6 for x in m[2:]])
+            for cell, t0 in sent.items():
+                got, checked, tx, commit, durable, queued = kp[cell]
+                _q, picked, sent_, replied = wk[cell]
+                t_seen = seen[cell]
+                samples.append({
+                    "total": t_seen - t0, "to_handler": got - t0, "verify": checked - got,
+                    "plan": tx - checked, "record": commit - tx, "commit": durable - commit,
+                    "after_commit": queued - durable, "handoff": picked - queued,
+                    "prepare": sent_ - picked, "modbus_oneway": t_seen - sent_,
+                    "modbus_rtt": replied - sent_})
+            failed = False
+        finally:
+            H.end_test(failed)
+            H.remove_tmp(failed)
+    return [{k: v * 1000 for k, v in s_.items()} for s_ in samples]
 
 
 def proc_cpu_ticks(pid):
@@ -424,7 +490,8 @@ def bench_reserve_rtt(count, warmup=10):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
-    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "8")))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")),
+                    help="unlock rounds of 128 codes each (RTU: half, at least 1)")
     ap.add_argument("--idle-seconds", type=int,
                     default=int(os.environ.get("BENCH_IDLE_S", "60")))
     ap.add_argument("--drain-runs", type=int,
@@ -444,6 +511,8 @@ def main():
 
     if want("modbus"):
         bench_modbus(args.rounds)
+    if want("rtu"):
+        bench_rtu(max(1, args.rounds // 2))
     if want("idle"):
         shares, wakeups, reqs, rss, elapsed = bench_idle(args.idle_seconds)
         emit("idle_cpu_percent", shares, unit="% of one core",
@@ -469,19 +538,83 @@ def main():
              ctl_reserve_p99_ms=round(pct(local, 99), 3))
 
 
+PHASES = (
+    ("to_handler", "keypad client send -> lockerd's keypad handler (socket, poll loop, JSON)"),
+    ("verify", "code verification: digits check, throttle, keyed BLAKE2b, lookup + consume"),
+    ("plan", "verified -> transaction begun (the step's actions planned)"),
+    ("record", "events signed (Ed25519) + hash-chained, rows INSERTed, in the transaction"),
+    ("commit", "COMMIT: the durable write (WAL, synchronous=FULL: fsync)"),
+    ("after_commit", "committed -> unlock queued (retained-state marks, info log lines)"),
+    ("handoff", "queued -> the bus worker thread picks it up (eventfd wake)"),
+    ("prepare", "worker: modbus_flush, RTU inter-frame silence, set slave"),
+    ("modbus_oneway", "lockerd's libmodbus write call -> write seen by locksim"),
+    ("modbus_rtt", "lockerd's libmodbus write round trip (to the reply)"),
+)
+
+
+def emit_unlock(tag, samples, bare_oneway, bare_rtt, **extra):
+    """The unlock figure, its phases, and what lockerd adds on top of the
+    bare write and the durable commit: per unlock, total - commit - its
+    own Modbus one-way time (what a bare libmodbus call takes), and, as a
+    cross-check, total - commit - the bare one-way median of mbping."""
+    suffix = "" if tag == "tcp" else "_" + tag
+    total = [s["total"] for s in samples]
+    u = emit("unlock_latency" + suffix + "_ms", total,
+             what=f"code typed on the keypad socket -> relay write seen by locksim "
+                  f"({tag}), incl. durable commit; {UNLOCK_BOARDS} boards x 16 cells, "
+                  f"polled at 10 Hz", **extra)
+    for name, what in PHASES:
+        emit(f"unlock{suffix}_phase_{name}_ms", [s[name] for s in samples], what=what)
+    add = [s["total"] - s["commit"] - s["modbus_oneway"] for s in samples]
+    bare_med = statistics.median(bare_oneway)
+    add_bare = [s["total"] - s["commit"] - bare_med for s in samples]
+    a = emit(f"unlock{suffix}_lockerd_addition_ms", add, goal="< 1 at p99",
+             what="total - durable commit - the Modbus write's own one-way time, "
+                  "per unlock", vs_bare_oneway_median=round(statistics.median(add_bare), 3),
+             vs_bare_oneway_p99=round(pct(add_bare, 99), 3),
+             bare_oneway_median_ms=round(bare_med, 3),
+             bare_rtt_median_ms=round(statistics.median(bare_rtt), 3),
+             commit_share_of_total=round(statistics.median(
+                 [s["commit"] / s["total"] for s in samples]), 2))
+    return u, a
+
+
+def rtu_wire_ms(baud, bits_per_char, request=8, reply=8):
+    """Wire time of one RTU exchange: request frame, the 3.5-character
+    silence that ends it (1.75 ms fixed above 19200 Bd, Modbus over serial
+    line 2.5.1.1), reply frame; and the lone request (to "seen")."""
+    char = bits_per_char / baud * 1000
+    gap = 1.75 if baud > 19200 else 3.5 * char
+    return {"char_ms": round(char, 4), "request_ms": round(request * char, 3),
+            "reply_ms": round(reply * char, 3), "gap_ms": round(gap, 3),
+            "request_plus_gap_ms": round(request * char + gap, 3),
+            "exchange_ms": round(request * char + gap + reply * char + gap, 3)}
+
+
 def bench_modbus(rounds):
     oneway, rtt = bench_bare_write(200)
-    lat = bench_unlock(rounds)
-    bare = emit("modbus_write_oneway_ms", oneway,
-                what="bare libmodbus FC05: call -> write seen by locksim (TCP)")
+    samples = bench_unlock(rounds)
+    emit("modbus_write_oneway_ms", oneway,
+         what="bare libmodbus FC05: call -> write seen by locksim (TCP)")
     emit("modbus_write_rtt_ms", rtt, what="bare libmodbus FC05 round trip (TCP)")
-    u = emit("unlock_latency_ms", lat,
-             what="operator request -> relay write seen by locksim (TCP), "
-                  "incl. durable commit")
-    emit("unlock_overhead_ms", None,
-         median=round(u["median"] - bare["median"], 3),
-         p99=round(u["p99"] - bare["p99"], 3), unit="ms",
-         what="unlock latency minus the bare one-way write, same run")
+    emit_unlock("tcp", samples, oneway, rtt)
+
+
+def bench_rtu(rounds):
+    """The same over RTU on locksim's pseudo-terminal, where the wire time
+    is zero: at the 115200 and 9600 Bd settings (a pty ignores the rate,
+    but lockerd keeps the 3.5-character silence of the configured one)."""
+    for baud in (115200, 9600):
+        oneway, rtt = bench_bare_write(200, rtu=True, baud=baud)
+        samples = bench_unlock(rounds, rtu=True, baud=baud)
+        emit(f"modbus_rtu{baud}_write_oneway_ms", oneway,
+             what="bare libmodbus FC05 over RTU on a pty: call -> seen by locksim")
+        emit(f"modbus_rtu{baud}_write_rtt_ms", rtt,
+             what="bare libmodbus FC05 round trip over RTU on a pty")
+        wire = {f"8N1": rtu_wire_ms(baud, 10), "8E1": rtu_wire_ms(baud, 11)}
+        emit_unlock(f"rtu{baud}", samples, oneway, rtt, wire_time=wire,
+                    frames="FC05 write single coil: request 8 bytes (unit, fc, addr 2, "
+                           "value 2, CRC 2), reply 8 bytes (echo)")
 
 
 def emit_drain(n, res):
