@@ -69,6 +69,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -229,14 +230,38 @@ def proc_rss_kib(pid):
     return 0
 
 
-def bench_idle(seconds, window=10):
-    H.begin_test("bench-idle")
+def proc_mem_kib(pid):
+    """VmRSS and its parts (anonymous: heap, stacks; file: code and data
+    of the binary and the shared libraries, mostly shared with other
+    processes; shmem: SQLite's WAL index), in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k = line.split(":")[0]
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                out[k] = int(line.split()[1])
     try:
-        units = [(u, "generic-24") for u in (1, 2, 3, 4)]
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Pss:", "Private_Dirty:")):
+                    out[line.split(":")[0]] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+def bench_idle(seconds, window=10, nboards=4, profile="generic-24"):
+    """lockerd polling nboards boards at 10 Hz, no broker, nothing to do:
+    CPU share per window, context switches per second (all threads),
+    board requests per second, memory at the end."""
+    H.begin_test(f"bench-idle-{nboards}")
+    try:
+        per = int(profile.split("-")[1])
+        units = [(u, profile) for u in range(1, nboards + 1)]
         sim = H.Locksim(boards=units, name="sim")
-        boards = {f"B{u}": {"bus": "sim", "unit": u, "profile": "generic-24"}
+        boards = {f"B{u}": {"bus": "sim", "unit": u, "profile": profile}
                   for u, _ in units}
-        cells = {f"{(u - 1) * 24 + 1}-{u * 24}": f"B{u}:1 M" for u, _ in units}
+        cells = {f"{(u - 1) * per + 1}-{u * per}": f"B{u}:1 M" for u, _ in units}
         timing = {"poll_ms": 100, "debounce_ms": 150, "unlock_confirm_ms": 3000,
                   "door_left_open_s": 120, "door_left_open_repeat_s": 300,
                   "board_backoff_min_ms": 500, "board_backoff_max_ms": 30000}
@@ -249,6 +274,7 @@ def bench_idle(seconds, window=10):
         req0 = sum(b["requests"] for b in sim.state()["boards"])
         t_start = time.monotonic()
         sw0 = proc_switches(pid)
+        sim_c0 = proc_cpu_ticks(sim.proc.pid)
         shares = []
         while time.monotonic() - t_start < seconds - 0.01:
             c0, t0 = proc_cpu_ticks(pid), time.monotonic()
@@ -258,10 +284,63 @@ def bench_idle(seconds, window=10):
         elapsed = time.monotonic() - t_start
         wakeups = (proc_switches(pid) - sw0) / elapsed
         reqs = (sum(b["requests"] for b in sim.state()["boards"]) - req0) / elapsed
-        rss = proc_rss_kib(pid)
-        return shares, wakeups, reqs, rss, elapsed
+        sim_share = 100.0 * (proc_cpu_ticks(sim.proc.pid) - sim_c0) / hz / elapsed
+        mem = proc_mem_kib(pid)
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+        return {"shares": shares, "wakeups": wakeups, "reqs": reqs, "mem": mem,
+                "elapsed": elapsed, "boards": nboards, "cells": nboards * per,
+                "threads": threads, "locksim_cpu_percent": sim_share}
     finally:
         H.end_test(False)
+        H.remove_tmp(False)
+
+
+def binary_size():
+    """size(1) of build/lockerd: text, data, bss; and the file size."""
+    path = os.path.join(H.build_dir(), "lockerd")
+    out = subprocess.run(["size", path], capture_output=True, text=True).stdout.split("\n")[1]
+    text, data, bss = (int(x) for x in out.split()[:3])
+    stripped = None
+    try:
+        tmp = os.path.join(tempfile.mkdtemp(prefix="lockerd-size-"), "lockerd")
+        subprocess.run(["strip", "-o", tmp, path], check=True)
+        stripped = os.path.getsize(tmp)
+        os.unlink(tmp)
+        os.rmdir(os.path.dirname(tmp))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"file_bytes": os.path.getsize(path), "stripped_bytes": stripped,
+            "text": text, "data": data, "bss": bss}
+
+
+def emit_idle(r, name_suffix="", goal=True):
+    extra = {"goal": "< 1"} if goal else {}
+    emit("idle_cpu_percent" + name_suffix, r["shares"], unit="% of one core",
+         what=f"{r['boards']} boards x {r['cells'] // r['boards']} cells polled at 10 Hz, "
+              f"{len(r['shares'])} windows over {r['elapsed']:.0f} s", **extra)
+    emit("idle_wakeups_per_s" + name_suffix, None, value=round(r["wakeups"], 1),
+         board_requests_per_s=round(r["reqs"], 1), threads=r["threads"])
+    emit("idle_rss_kib" + name_suffix, None, value=r["mem"]["VmRSS"], cells=r["cells"],
+         anon_kib=r["mem"].get("RssAnon"), file_kib=r["mem"].get("RssFile"),
+         shmem_kib=r["mem"].get("RssShmem"), pss_kib=r["mem"].get("Pss"),
+         peak_kib=r["mem"].get("VmHWM"),
+         **({"goal": "< 8192"} if goal else {}))
+
+
+def emit_idle_scale(runs):
+    emit("scale_idle", None, unit="mixed",
+         by_cells={str(r["cells"]): {
+             "boards": r["boards"], "threads": r["threads"],
+             "cpu_percent_median": round(statistics.median(r["shares"]), 2),
+             "cpu_percent_max": round(max(r["shares"]), 2),
+             "wakeups_per_s": round(r["wakeups"], 1),
+             "board_requests_per_s": round(r["reqs"], 1),
+             "rss_kib": r["mem"]["VmRSS"], "anon_kib": r["mem"].get("RssAnon"),
+             "pss_kib": r["mem"].get("Pss"),
+             "locksim_cpu_percent": round(r["locksim_cpu_percent"], 2)} for r in runs},
+         what="idle lockerd by bank size: 24 cells, 1x (96), 4x (384) and the "
+              "configuration's cap (32 boards, 512 cells; 16x = 1,536 cells is "
+              "beyond CONFIG_CELLS_MAX)")
 
 
 # The broker and the platform's client send at once (TCP_NODELAY): with
@@ -390,9 +469,10 @@ def build_backlog(sim, target):
     return lk.state_dir, last
 
 
-def drain_once(sim, src, n, inflight, tag):
+def drain_once(sim, src, n, inflight, tag, after=None):
     """lockerd on a fresh copy of src, a fresh broker, a subscriber already
-    connected; returns the figures of one drain."""
+    connected; returns the figures of one drain, with those of
+    after(lockerd, subscriber) (a dict) once the drain is over."""
     import shutil
     state = os.path.join(H.tmpdir(), f"state-{tag}")
     shutil.copytree(src, state)
@@ -417,11 +497,12 @@ def drain_once(sim, src, n, inflight, tag):
         bad = next(i for i, s in enumerate(order) if s != i + 1)
         raise H.HarnessError(f"drain {tag}: events out of order or missing near "
                              f"#{bad + 1}: {order[max(0, bad - 3):bad + 3]}")
+    more = after(lk, sink) if after else {}
     lk.stop()
     broker.stop()
     sink.cleanup()
     shutil.rmtree(state, ignore_errors=True)
-    return {"rate": n / took, "took_s": took, "birth_ms": (birth - t_spawn) * 1000,
+    return {**more, "rate": n / took, "took_s": took, "birth_ms": (birth - t_spawn) * 1000,
             "dupes": dupes, "lockerd_cpu_s": (cpu1[0] - cpu0[0]) / hz,
             "broker_cpu_s": (cpu1[1] - cpu0[1]) / hz,
             "subscriber_cpu_s": cpu1[2] - cpu0[2]}
@@ -444,6 +525,30 @@ def bench_drain(runs, target):
         H.remove_tmp(failed)
 
 
+def reserve_samples(lk, sink, count, warmup=10, tag="bench"):
+    """Reserve commands over MQTT, one at a time: publish -> reply, in ms.
+    Each reservation is then cancelled (untimed) and its events let
+    through, so that the next sample starts on a quiet link."""
+    topic = f"{sink.prefix}/cmd"
+    rtt = []
+    for i in range(warmup + count):
+        rid = f"{tag}-{os.getpid()}-{i}"
+        cmd = json.dumps({"op": "reserve", "request_id": rid,
+                          "exp": int(time.time() * 1000) + 30000,
+                          "app": f"R-{i}", "size": "S"})
+        t0 = time.monotonic()
+        sink.c.publish(topic, cmd, qos=1)
+        sink.wait(lambda: rid in sink.replies, 10, f"the reply to {rid}")
+        t1, rep = sink.replies[rid]
+        if rep.get("ok") is not True:
+            raise H.HarnessError(f"reserve over MQTT refused: {rep}")
+        if i >= warmup:
+            rtt.append((t1 - t0) * 1000)
+        lk.ctl_ok({"op": "cancel", "resv": rep["resv"]})
+        sink.wait(lambda: rep["resv"] in sink.cancelled, 10, "the cancelled event")
+    return rtt
+
+
 def bench_reserve_rtt(count, warmup=10):
     H.begin_test("bench-reserve")
     failed = True
@@ -454,25 +559,7 @@ def bench_reserve_rtt(count, warmup=10):
         lk = H.Lockerd(H.config(sim, log_level="warn", extra=H.mqtt_extra(broker)))
         lk.wait_event("started", timeout=5)
         sink.wait(lambda: sink.birth is not None, 10, "lockerd's birth")
-        topic = f"{sink.prefix}/cmd"
-        rtt = []
-        for i in range(warmup + count):
-            rid = f"bench-{os.getpid()}-{i}"
-            cmd = json.dumps({"op": "reserve", "request_id": rid,
-                              "exp": int(time.time() * 1000) + 30000,
-                              "app": f"R-{i}", "size": "S"})
-            t0 = time.monotonic()
-            sink.c.publish(topic, cmd, qos=1)
-            sink.wait(lambda: rid in sink.replies, 10, f"the reply to {rid}")
-            t1, rep = sink.replies[rid]
-            if rep.get("ok") is not True:
-                raise H.HarnessError(f"reserve over MQTT refused: {rep}")
-            if i >= warmup:
-                rtt.append((t1 - t0) * 1000)
-            # Untimed: free the cell, and let its events reach the
-            # platform so that the next sample starts on a quiet link.
-            lk.ctl_ok({"op": "cancel", "resv": rep["resv"]})
-            sink.wait(lambda: rep["resv"] in sink.cancelled, 10, "the cancelled event")
+        rtt = reserve_samples(lk, sink, count, warmup)
         # The same op on the control socket: no broker, no command log.
         local = []
         for i in range(count):
@@ -485,6 +572,128 @@ def bench_reserve_rtt(count, warmup=10):
     finally:
         H.end_test(failed)
         H.remove_tmp(failed)
+
+
+def build_snapshots(sim, targets):
+    """One growing ledger, copied each time it passes a target: state
+    directories with >= each target of undelivered events (reserve +
+    cancel cycles on the control socket, 3 events and one stored
+    reservation each). Built on tmpfs, where a commit costs no fsync, to
+    keep the run short; the copies are timed on disk. Returns
+    [(dir, events, reservations)]."""
+    import shutil
+    import sqlite3
+    dead = H.free_port()
+    work = tempfile.mkdtemp(prefix="lockerd-bench-", dir="/dev/shm") \
+        if os.path.isdir("/dev/shm") else os.path.join(H.tmpdir(), "grow")
+    cfg = H.config(sim, log_level="warn",
+                   extra={"mqtt": {"host": "127.0.0.1", "port": dead}})
+    cfg["locker"]["state_dir"] = os.path.join(work, "state")
+    cfg["control"]["socket"] = os.path.join(H.tmpdir(), "grow.sock")
+    lk = H.Lockerd(cfg, name="grow")
+    lk.wait_event("started", timeout=5)
+    out, i = [], 0
+    try:
+        for target in sorted(targets):
+            while True:
+                for _ in range(100):
+                    i += 1
+                    r = lk.ctl_ok({"op": "reserve", "app": f"D-{i}", "size": "S"})
+                    lk.ctl_ok({"op": "cancel", "resv": r["resv"]})
+                if lk.events(after=target - 1):
+                    break
+            lk.stop()
+            db = sqlite3.connect(f"file:{lk.db_path}?mode=ro", uri=True)
+            last, = db.execute("SELECT max(seq) FROM events").fetchone()
+            nresv, = db.execute("SELECT count(*) FROM reservations").fetchone()
+            db.close()
+            dst = os.path.join(H.tmpdir(), f"snap-{target}")
+            shutil.copytree(lk.state_dir, dst)
+            out.append((dst, last, nresv))
+            lk.start()
+    finally:
+        lk.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def bench_scale(base, factors, reserve_n):
+    """Each figure that depends on stored records at base x factors
+    events: the drain of that backlog, then, on the same lockerd, its
+    RSS and the reserve round trip with that history behind it."""
+    H.begin_test("bench-scale")
+    failed = True
+    try:
+        sim = H.Locksim(name="sim")
+        t0 = time.monotonic()
+        snaps = build_snapshots(sim, [base * f for f in factors])
+        built = time.monotonic() - t0
+        res = []
+        for f, (src, n, nresv) in zip(sorted(factors), snaps):
+            def after(lk, sink):
+                rss_drained = proc_mem_kib(lk.proc.pid)
+                rtt = reserve_samples(lk, sink, reserve_n, tag=f"scale{f}")
+                return {"rss_drained": rss_drained, "rtt": rtt,
+                        "rss_after": proc_mem_kib(lk.proc.pid),
+                        "db_bytes": sum(os.path.getsize(os.path.join(lk.state_dir, x))
+                                        for x in os.listdir(lk.state_dir)
+                                        if x.startswith("lockerd.db"))}
+            r = drain_once(sim, src, n, 32, f"scale{f}", after=after)
+            r.update({"factor": f, "events": n, "reservations": nresv})
+            res.append(r)
+        failed = False
+        return res, built
+    finally:
+        H.end_test(failed)
+        H.remove_tmp(failed)
+
+
+def emit_scale(res, built):
+    by = {f"{r['factor']}x": r for r in res}
+    emit("scale_drain_events_per_s", None, unit="events/s", goal="> 2000",
+         by_scale={k: {"events": r["events"], "rate": round(r["rate"]),
+                       "took_s": round(r["took_s"], 1),
+                       "lockerd_cpu_s": round(r["lockerd_cpu_s"], 2)}
+                   for k, r in by.items()},
+         what="one drain per scale (inflight 32), backlog of N undelivered events")
+    emit("scale_reserve_rtt_ms", None, unit="ms",
+         by_scale={k: {"reservations_stored": r["reservations"], "events": r["events"],
+                       "median": round(statistics.median(r["rtt"]), 3),
+                       "p99": round(pct(r["rtt"], 99), 3), "n": len(r["rtt"])}
+                   for k, r in by.items()},
+         what="reserve over MQTT (publish -> reply) on the drained lockerd, with "
+              "that history stored")
+    emit("scale_rss_kib", None, unit="KiB", goal="< 8192",
+         by_scale={k: {"reservations_stored": r["reservations"], "events": r["events"],
+                       "after_drain": r["rss_drained"], "after_reserves": r["rss_after"],
+                       "db_mib": round(r["db_bytes"] / 2**20, 1)}
+                   for k, r in by.items()},
+         what="lockerd's VmRSS with the stored records (16 + 8 cells)",
+         backlog_build_s=round(built, 1))
+
+
+def bench_codes_scale(live_list, runs=3):
+    """codebench at 1x, 4x, 16x the live codes of a 96-cell bank (a cell
+    holds at most one live code) and at 10,000."""
+    by = {}
+    for live in live_list:
+        per = {}
+        for _ in range(runs):
+            out = subprocess.run([os.path.join(H.build_dir(), "codebench"), str(live),
+                                  str(min(2000, live))],
+                                 capture_output=True, text=True, check=True).stdout
+            for line in out.splitlines():
+                rec = json.loads(line)
+                per.setdefault(rec["bench"], []).append(rec)
+        by[str(live)] = {
+            "issue_per_s": round(statistics.median(r["value"] for r in per["code_issue_rate"])),
+            "verify_median_us": round(statistics.median(r["median"] for r in per["code_verify_us"]), 1),
+            "verify_p99_us": round(statistics.median(r["p99"] for r in per["code_verify_us"]), 1),
+            "reject_median_us": round(statistics.median(r["median"] for r in per["code_reject_us"]), 1)}
+    emit("scale_codes", None, unit="us / codes/s", by_live=by, runs=runs,
+         what="codebench: issue (reserve + unique code + keyed hash) and verify "
+              "(hash + linear lookup + consume) with N live codes")
+
 
 
 def main():
@@ -501,7 +710,8 @@ def main():
     ap.add_argument("--reserve-n", type=int,
                     default=int(os.environ.get("BENCH_RESERVE_N", "200")))
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                    help="comma-separated subset: modbus, idle, codes, drain, reserve")
+                    help="comma-separated subset: modbus, rtu, idle, codes, drain, "
+                         "reserve, scale, fleet")
     args = ap.parse_args()
     os.environ["BUILD"] = args.build
     only = set(filter(None, args.only.split(",")))
@@ -514,19 +724,25 @@ def main():
     if want("rtu"):
         bench_rtu(max(1, args.rounds // 2))
     if want("idle"):
-        shares, wakeups, reqs, rss, elapsed = bench_idle(args.idle_seconds)
-        emit("idle_cpu_percent", shares, unit="% of one core",
-             what=f"4 boards x 24 cells polled at 10 Hz, {len(shares)} windows "
-                  f"over {elapsed:.0f} s", goal="< 1")
-        emit("idle_wakeups_per_s", None, value=round(wakeups, 1),
-             board_requests_per_s=round(reqs, 1))
-        emit("idle_rss_kib", None, value=rss)
-        size = os.path.getsize(os.path.join(H.build_dir(), "lockerd"))
-        emit("binary_size_bytes", None, value=size)
+        r = bench_idle(args.idle_seconds)
+        emit_idle(r)
+        emit("binary_size_bytes", None, **binary_size())
+        secs = int(os.environ.get("BENCH_IDLE_SCALE_S", "20"))
+        runs = [bench_idle(secs, nboards=1)] + [r] + \
+            [bench_idle(secs, nboards=16), bench_idle(secs, nboards=32, profile="generic-16")]
+        emit_idle_scale(runs)
     if want("codes"):
         bench_codes(5)
     if want("drain"):
         emit_drain(*bench_drain(args.drain_runs, args.drain_events))
+    if want("scale"):
+        factors = [int(x) for x in os.environ.get("BENCH_SCALE", "1,4,16").split(",")]
+        emit_scale(*bench_scale(int(os.environ.get("BENCH_SCALE_BASE", "10000")),
+                                factors, int(os.environ.get("BENCH_SCALE_RESERVE_N", "100"))))
+        bench_codes_scale([96, 384, 1536, 10000])
+    if want("fleet"):
+        import fleet
+        fleet.main(["--build", args.build])
     if want("reserve"):
         rtt, local = bench_reserve_rtt(args.reserve_n)
         emit("reserve_rtt_ms", rtt,
