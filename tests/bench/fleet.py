@@ -2,7 +2,7 @@
 """make fleet (and BENCH_ONLY=fleet in make bench): a city's fleet on one box.
 
 N lockers, each a real lockerd with 4 boards x 24 cells polled at 10 Hz
-(boards served by locksim, 16 lockers per locksim, its automatic person
+(boards served by locksim, 8 lockers per locksim, its automatic person
 putting items in, taking them out and closing doors), against one
 mosquitto. One Python platform (a paho client, commands signed as
 sim/lockerctl signs them) provisions a staff account on every locker,
@@ -18,7 +18,7 @@ reply. After the steady window the platform waits for every locker's
 ledger to arrive and checks, per locker, that seqs 1..last (lockerd's
 database) all arrived: no event lost.
 
-For N in BENCH_FLEET_N (default 1,4,8,16,32, stopping after the first N
+For N in BENCH_FLEET_N (default 1,16,64,128,160, stopping after the first N
 that misses a goal) it prints one JSON line per N, then "fleet_max_n":
 the largest N with keypad p99 (to the relay) under 100 ms and no event
 lost, with per-locker CPU and memory. Everything shares this machine's
@@ -45,7 +45,7 @@ import harness as H  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BROKER_CONF = "set_tcp_nodelay true\n"
-LOCKERS_PER_SIM = 16
+LOCKERS_PER_SIM = 8  # locksim serves at most 32 boards
 BOARDS = 4
 CELLS_PER_BOARD = 24
 STAFF = "fleet"
@@ -87,6 +87,16 @@ def rss_kib(pid):
     return 0
 
 
+def pss_kib(pid):
+    """Proportional set size: shared library pages divided among the
+    processes that map them (the fleet's lockerds share theirs)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 def machine_busy():
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     with open("/proc/stat") as f:
@@ -111,10 +121,15 @@ class Platform:
         self.pickups = {}          # locker -> queue of (resv, code)
         self.events_n = 0
         self.messages_n = 0
+        self.by_topic = {}         # kind -> [messages, payload bytes]
+        self.by_type = {}          # event type -> count
+        self.commands = {}         # op -> count (after setup)
+        self.counting = False
         self.subscribed = threading.Event()
         self.c = mqtt.Client(client_id=f"fleet-platform-{os.getpid()}", clean_session=True)
         self.c.on_connect = lambda c, u, f, rc: c.subscribe(
-            [("lockers/+/events", 1), ("lockers/+/reply", 1)])
+            [("lockers/+/events", 1), ("lockers/+/reply", 1), ("lockers/+/status", 1),
+             ("lockers/+/cells/+", 1)])
         self.c.on_subscribe = lambda *a: self.subscribed.set()
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", broker.port, keepalive=30)
@@ -129,6 +144,12 @@ class Platform:
         body = json.loads(msg.payload)
         with self.lock:
             self.messages_n += 1
+            if self.counting:
+                t = self.by_topic.setdefault(sub, [0, 0])
+                t[0] += 1
+                t[1] += len(msg.payload)
+                if sub == "events":
+                    self.by_type[body.get("type")] = self.by_type.get(body.get("type"), 0) + 1
             if sub == "events":
                 s = self.seqs.setdefault(locker, set())
                 if body["seq"] in s:
@@ -153,6 +174,8 @@ class Platform:
         ev = threading.Event()
         with self.lock:
             self.waiters[cmd["request_id"]] = ev
+            if self.counting:
+                self.commands[op] = self.commands.get(op, 0) + 1
         self.c.publish(f"lockers/{locker}/cmd", json.dumps(cmd), qos=1)
         if not ev.wait(timeout):
             raise H.HarnessError(f"{locker}: no reply to {op} within {timeout} s")
@@ -312,6 +335,8 @@ def run_fleet(n, seconds, period):
         o0 = {k: cpu_ticks(p) for k, p in others.items()}
         m0 = machine_busy()
         py0 = time.process_time()
+        with platform.lock:
+            platform.counting = True
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -327,6 +352,7 @@ def run_fleet(n, seconds, period):
         m1 = machine_busy()
         py_cpu = 100.0 * (time.process_time() - py0) / elapsed
         rss = [rss_kib(p) for p in pids]
+        pss = [pss_kib(p) for p in pids]
         # Pickups assigned near the end may still be loading: let the
         # ledgers settle, then every event must reach the platform.
         time.sleep(6)
@@ -360,6 +386,10 @@ def run_fleet(n, seconds, period):
         errors = [f"{lk.id}: {e}" for lk in lockers for e in lk.errors]
         with platform.lock:
             events_n, dupes, msgs = platform.events_n, platform.dupes, platform.messages_n
+            traffic = {"messages_by_topic": {k: {"n": v[0], "bytes": v[1]}
+                                             for k, v in platform.by_topic.items()},
+                       "events_by_type": dict(platform.by_type),
+                       "commands_sent": dict(platform.commands)}
         actions = sum(lk.actions for lk in lockers)
         rec = {
             "bench": "fleet", "lockers": n, "cells": n * BOARDS * CELLS_PER_BOARD,
@@ -376,10 +406,12 @@ def run_fleet(n, seconds, period):
             "unmatched_relays": unmatched,
             "events_received": events_n, "duplicates": dupes, "messages_received": msgs,
             "events_lost": sum(v[0] for v in lost.values()),
+            "traffic": traffic,
             "lockers_with_gaps": sorted(lost)[:10],
             "per_locker_cpu_percent": {"median": round(statistics.median(cpu), 2),
                                        "max": round(max(cpu), 2)},
             "per_locker_rss_kib": {"median": int(statistics.median(rss)), "max": max(rss)},
+            "per_locker_pss_kib": {"median": int(statistics.median(pss)), "max": max(pss)},
             "other_cpu_percent": {**ocpu, "python_platform_and_keypads": round(py_cpu, 1)},
             "machine_busy_percent": round(100.0 * (m1[0] - m0[0]) / (m1[1] - m0[1]), 1),
             "errors": errors[:5], "errors_n": len(errors),
@@ -397,7 +429,7 @@ def run_fleet(n, seconds, period):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
-    ap.add_argument("--n", default=os.environ.get("BENCH_FLEET_N", "1,4,8,16,32"))
+    ap.add_argument("--n", default=os.environ.get("BENCH_FLEET_N", "1,16,64,128,160"))
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_FLEET_S", "20")))
     ap.add_argument("--period", type=float, default=float(os.environ.get("BENCH_FLEET_PERIOD", "4")),
                     help="seconds between one locker's actions (drop-off / pickup)")
@@ -421,6 +453,7 @@ def main(argv=None):
         out.update({"keypad_to_relay_ms": best["keypad_to_relay_ms"],
                     "per_locker_cpu_percent": best["per_locker_cpu_percent"],
                     "per_locker_rss_kib": best["per_locker_rss_kib"],
+                    "per_locker_pss_kib": best["per_locker_pss_kib"],
                     "machine_busy_percent": best["machine_busy_percent"]})
     print(json.dumps(out), flush=True)
     return out
