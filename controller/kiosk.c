@@ -132,10 +132,12 @@ opened(struct lockerd *d, struct lockerd_step *s, int slot)
 	cell = d->cells[d->resv.r[slot].cell].number;
 	/* No code in it: only the clock readings of the phases. */
 	log_debug("keypad: cell %d unlock timing (monotonic us): got %lld "
-	    "checked %lld tx %lld commit %lld durable %lld queued %lld", cell,
+	    "checked %lld tx %lld commit %lld durable %lld queued %lld "
+	    "cpu %lld", cell,
 	    (long long)d->steptime.got, (long long)d->steptime.checked,
 	    (long long)d->steptime.tx, (long long)d->steptime.commit,
-	    (long long)d->steptime.durable, (long long)d->steptime.queued);
+	    (long long)d->steptime.durable, (long long)d->steptime.queued,
+	    (long long)(d->steptime.cpu_queued - d->steptime.cpu_got));
 	snprintf(show, sizeof(show), pickup ? "Cell %d is open. Take your "
 	    "certificate and close the door." : "Cell %d is open. Put your "
 	    "documents in and close the door.", cell);
@@ -532,6 +534,7 @@ kiosk_handle(void *arg, json_t *req)
 
 	memset(&d->steptime, 0, sizeof(d->steptime));
 	d->steptime.got = util_mono_us();
+	d->steptime.cpu_got = util_thread_cpu_us();
 	if ((s = malloc(sizeof(*s))) == NULL)
 		return refuse("unrecorded", "Out of memory.", 0);
 	lockerd_step_init(s);

@@ -546,6 +546,7 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 		if (a->type != BANK_ACT_PULSE)
 			continue;
 		d->steptime.queued = util_mono_us();
+		d->steptime.cpu_queued = util_thread_cpu_us();
 		if (mb_unlock(d->mb, d->cells[a->cell].board,
 		    d->cells[a->cell].channel, a->cell) == -1) {
 			memset(&retry, 0, sizeof(retry));

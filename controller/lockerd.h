@@ -58,7 +58,8 @@ struct lockerd_step {
 /*
  * CLOCK_MONOTONIC microseconds of the phases of the last step that opened
  * a door, for the keypad's debug line "unlock timing" (make bench reads
- * it). Taking them costs a few vDSO clock reads per step.
+ * it). Taking them costs a few clock reads per step; the thread CPU times
+ * tell the work apart from waiting for a core.
  */
 struct lockerd_steptime {
 	int64_t got;                    /* the request reached its handler */
@@ -67,6 +68,7 @@ struct lockerd_steptime {
 	int64_t commit;                 /* its rows written, COMMIT called */
 	int64_t durable;                /* COMMIT returned */
 	int64_t queued;                 /* the last unlock handed to its bus */
+	int64_t cpu_got, cpu_queued;    /* the main thread's CPU time then */
 };
 
 struct lockerd {
