@@ -5,15 +5,29 @@ Every figure is a median (and p99) over repeated samples taken in the same
 run, so that machine noise on a shared 2-core box hits both sides of a
 comparison alike. Figures:
 
-  unlock_latency_ms     keypad/operator request -> relay write seen by
-                        locksim (CLOCK_MONOTONIC is system-wide, so the
-                        request time and locksim's log compare directly);
-                        includes the durable SQLite commit (fsync).
+  unlock_latency_ms     a code typed on the keypad socket -> the relay
+                        write seen by locksim (CLOCK_MONOTONIC is
+                        system-wide, so the send time, lockerd's stamps
+                        and locksim's log compare directly); 8 boards x
+                        16 cells polled at 10 Hz, 128 drop-off codes per
+                        round (BENCH_ROUNDS, default 2), gap_s apart.
+  unlock_phase_*_ms     the same unlocks split by lockerd's own debug
+                        stamps ("unlock timing" lines of the keypad and the
+                        bus worker): to_handler, verify, plan, record
+                        (sign + INSERT), commit (the fsync), after_commit,
+                        handoff (to the bus thread), prepare, modbus_oneway
+                        (write call -> seen), modbus_rtt.
+  unlock_lockerd_addition_ms
+                        per unlock: total - commit - its own Modbus one-way
+                        time; goal < 1 ms at p99. Beside it, in the same
+                        run, the bare libmodbus write (build/mbping):
   modbus_write_oneway_ms / modbus_write_rtt_ms
-                        the bare libmodbus FC05 write (build/mbping) to a
-                        locksim board: start -> seen by locksim, and the
-                        full round trip. lockerd's overhead is the
-                        difference from the first of these.
+                        start -> seen by locksim, and the round trip.
+  (BENCH_ONLY=rtu) modbus_rtu{115200,9600}_* and unlock_*rtu{115200,9600}*
+                        the same over RTU on locksim's pseudo-terminal (wire
+                        time zero; lockerd keeps the configured rate's
+                        3.5-character silence), with the computed wire time
+                        of the FC05 frames for 8N1 and 8E1.
   idle_cpu_percent      lockerd's CPU share (user+system, all threads) while
                         polling 4 boards x 24 cells at 10 Hz, as the median
                         of 10 s windows over BENCH_IDLE_S (default 60 s).
@@ -55,10 +69,23 @@ comparison alike. Figures:
                         p99 of BENCH_RESERVE_N (default 200) samples; the
                         same op on the control socket is given alongside.
 
+  (BENCH_ONLY=idle also) scale_idle and binary_size_bytes
+                        the idle run again for 1, 16 and 32 boards (24, 384,
+                        512 cells; BENCH_IDLE_SCALE_S each, default 20), and
+                        size(1) of build/lockerd.
+  scale_drain_events_per_s / scale_reserve_rtt_ms / scale_rss_kib
+                        (BENCH_ONLY=scale) one ledger grown to BENCH_SCALE
+                        (1,4,16) x BENCH_SCALE_BASE (10,000) events; on a
+                        copy of each: the drain, then the reserve round
+                        trip and the memory with that history stored.
+  scale_codes           codebench at 96, 384, 1,536 and 10,000 live codes.
+  fleet, fleet_max_n    (BENCH_ONLY=fleet) tests/bench/fleet.py: N lockers
+                        against one mosquitto; see its docstring.
+
 For both MQTT figures the broker (set_tcp_nodelay) and the platform's
 client send without Nagle's delay, so that only lockerd's own socket
-options show. BENCH_ONLY=drain,reserve (or modbus, idle, codes) runs a
-subset; make bench runs everything.
+options show. BENCH_ONLY=drain,reserve (or modbus, rtu, idle, codes,
+scale, fleet) runs a subset; make bench runs everything.
 """
 
 import argparse
@@ -123,7 +150,8 @@ UNLOCK_BOARDS = 8
 UNLOCK_TIMING = {"poll_ms": 100, "debounce_ms": 150, "unlock_confirm_ms": 3000,
                  "door_left_open_s": 600, "door_left_open_repeat_s": 600}
 KEYPAD_RE = re.compile(r"keypad: cell (\d+) unlock timing \(monotonic us\): got (\d+) "
-                       r"checked (\d+) tx (\d+) commit (\d+) durable (\d+) queued (\d+)")
+                       r"checked (\d+) tx (\d+) commit (\d+) durable (\d+) queued (\d+) "
+                       r"cpu (\d+)")
 WORKER_RE = re.compile(r"board (B\d+): unlock channel (\d+) timing \(monotonic us\): "
                        r"queued (\d+) picked (\d+) sent (\d+) replied (\d+) rc 1")
 
@@ -144,6 +172,20 @@ def unlock_rig(rtu=False, baud=115200, parity="N"):
     return sim, H.Lockerd(cfg)
 
 
+def machine_cpu():
+    """/proc/stat's first line: (busy, steal, total) jiffies of all CPUs.
+    Steal is time the hypervisor gave this VM's CPUs to someone else."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], v[7], sum(v)
+
+
+def machine_share(c0, c1):
+    total = (c1[2] - c0[2]) or 1
+    return {"machine_busy_percent": round(100.0 * (c1[0] - c0[0]) / total, 1),
+            "machine_steal_percent": round(100.0 * (c1[1] - c0[1]) / total, 1)}
+
+
 def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
     """Codes typed on the keypad socket -> the relay write seen by locksim,
     with lockerd's own phase stamps (debug log) and locksim's write log,
@@ -152,6 +194,7 @@ def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
     recorded meanwhile, as in life). Returns a list of per-unlock dicts
     of phase durations in ms."""
     samples = []
+    m0 = machine_cpu()
     for rnd in range(rounds):
         H.begin_test(f"bench-unlock-{'rtu' if rtu else 'tcp'}-{rnd}")
         failed = True
@@ -190,7 +233,7 @@ def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
                 cell = (int(m[0][1:]) - 1) * 16 + int(m[1])
                 wk.setdefault(cell, [int(x) / 1e6 for x in m[2:]])
             for cell, t0 in sent.items():
-                got, checked, tx, commit, durable, queued = kp[cell]
+                got, checked, tx, commit, durable, queued, cpu = kp[cell]
                 _q, picked, sent_, replied = wk[cell]
                 t_seen = seen[cell]
                 samples.append({
@@ -198,12 +241,13 @@ def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
                     "plan": tx - checked, "record": commit - tx, "commit": durable - commit,
                     "after_commit": queued - durable, "handoff": picked - queued,
                     "prepare": sent_ - picked, "modbus_oneway": t_seen - sent_,
-                    "modbus_rtt": replied - sent_})
+                    "modbus_rtt": replied - sent_, "main_cpu": cpu})
             failed = False
         finally:
             H.end_test(failed)
             H.remove_tmp(failed)
-    return [{k: v * 1000 for k, v in s_.items()} for s_ in samples]
+    out = [{k: v * 1000 for k, v in s_.items()} for s_ in samples]
+    return out, machine_share(m0, machine_cpu())
 
 
 def proc_cpu_ticks(pid):
@@ -765,6 +809,9 @@ PHASES = (
     ("prepare", "worker: modbus_flush, RTU inter-frame silence, set slave"),
     ("modbus_oneway", "lockerd's libmodbus write call -> write seen by locksim"),
     ("modbus_rtt", "lockerd's libmodbus write round trip (to the reply)"),
+    ("main_cpu", "CPU time of lockerd's main thread from the handler to the unlock queued "
+                 "(CLOCK_THREAD_CPUTIME_ID): the work, SQLite's part of the commit included, "
+                 "without waiting for the disk or for a core"),
 )
 
 
@@ -784,7 +831,14 @@ def emit_unlock(tag, samples, bare_oneway, bare_rtt, **extra):
     add = [s["total"] - s["commit"] - s["modbus_oneway"] for s in samples]
     bare_med = statistics.median(bare_oneway)
     add_bare = [s["total"] - s["commit"] - bare_med for s in samples]
+    # The addition's wall-clock phases that do work on lockerd's threads,
+    # against the CPU they actually used: the difference is waiting.
+    wait = [s["to_handler"] + s["handoff"] for s in samples]
     a = emit(f"unlock{suffix}_lockerd_addition_ms", add, goal="< 1 at p99",
+             waits_median_ms=round(statistics.median(wait), 3),
+             waits_p99_ms=round(pct(wait, 99), 3),
+             main_cpu_median_ms=round(statistics.median(s["main_cpu"] for s in samples), 3),
+             main_cpu_p99_ms=round(pct([s["main_cpu"] for s in samples], 99), 3),
              what="total - durable commit - the Modbus write's own one-way time, "
                   "per unlock", vs_bare_oneway_median=round(statistics.median(add_bare), 3),
              vs_bare_oneway_p99=round(pct(add_bare, 99), 3),
@@ -809,11 +863,11 @@ def rtu_wire_ms(baud, bits_per_char, request=8, reply=8):
 
 def bench_modbus(rounds):
     oneway, rtt = bench_bare_write(200)
-    samples = bench_unlock(rounds)
+    samples, machine = bench_unlock(rounds)
     emit("modbus_write_oneway_ms", oneway,
          what="bare libmodbus FC05: call -> write seen by locksim (TCP)")
     emit("modbus_write_rtt_ms", rtt, what="bare libmodbus FC05 round trip (TCP)")
-    emit_unlock("tcp", samples, oneway, rtt)
+    emit_unlock("tcp", samples, oneway, rtt, **machine)
 
 
 def bench_rtu(rounds):
@@ -822,13 +876,13 @@ def bench_rtu(rounds):
     but lockerd keeps the 3.5-character silence of the configured one)."""
     for baud in (115200, 9600):
         oneway, rtt = bench_bare_write(200, rtu=True, baud=baud)
-        samples = bench_unlock(rounds, rtu=True, baud=baud)
+        samples, machine = bench_unlock(rounds, rtu=True, baud=baud)
         emit(f"modbus_rtu{baud}_write_oneway_ms", oneway,
              what="bare libmodbus FC05 over RTU on a pty: call -> seen by locksim")
         emit(f"modbus_rtu{baud}_write_rtt_ms", rtt,
              what="bare libmodbus FC05 round trip over RTU on a pty")
         wire = {f"8N1": rtu_wire_ms(baud, 10), "8E1": rtu_wire_ms(baud, 11)}
-        emit_unlock(f"rtu{baud}", samples, oneway, rtt, wire_time=wire,
+        emit_unlock(f"rtu{baud}", samples, oneway, rtt, wire_time=wire, **machine,
                     frames="FC05 write single coil: request 8 bytes (unit, fc, addr 2, "
                            "value 2, CRC 2), reply 8 bytes (echo)")
 
