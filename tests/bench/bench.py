@@ -319,6 +319,7 @@ def bench_idle(seconds, window=10, nboards=4, profile="generic-24"):
         t_start = time.monotonic()
         sw0 = proc_switches(pid)
         sim_c0 = proc_cpu_ticks(sim.proc.pid)
+        m0 = machine_cpu()
         shares = []
         while time.monotonic() - t_start < seconds - 0.01:
             c0, t0 = proc_cpu_ticks(pid), time.monotonic()
@@ -332,6 +333,7 @@ def bench_idle(seconds, window=10, nboards=4, profile="generic-24"):
         mem = proc_mem_kib(pid)
         threads = len(os.listdir(f"/proc/{pid}/task"))
         return {"shares": shares, "wakeups": wakeups, "reqs": reqs, "mem": mem,
+                "machine": machine_share(m0, machine_cpu()),
                 "elapsed": elapsed, "boards": nboards, "cells": nboards * per,
                 "threads": threads, "locksim_cpu_percent": sim_share}
     finally:
@@ -361,7 +363,8 @@ def emit_idle(r, name_suffix="", goal=True):
     extra = {"goal": "< 1"} if goal else {}
     emit("idle_cpu_percent" + name_suffix, r["shares"], unit="% of one core",
          what=f"{r['boards']} boards x {r['cells'] // r['boards']} cells polled at 10 Hz, "
-              f"{len(r['shares'])} windows over {r['elapsed']:.0f} s", **extra)
+              f"{len(r['shares'])} windows over {r['elapsed']:.0f} s", **r["machine"],
+         **extra)
     emit("idle_wakeups_per_s" + name_suffix, None, value=round(r["wakeups"], 1),
          board_requests_per_s=round(r["reqs"], 1), threads=r["threads"])
     emit("idle_rss_kib" + name_suffix, None, value=r["mem"]["VmRSS"], cells=r["cells"],
@@ -381,7 +384,8 @@ def emit_idle_scale(runs):
              "board_requests_per_s": round(r["reqs"], 1),
              "rss_kib": r["mem"]["VmRSS"], "anon_kib": r["mem"].get("RssAnon"),
              "pss_kib": r["mem"].get("Pss"),
-             "locksim_cpu_percent": round(r["locksim_cpu_percent"], 2)} for r in runs},
+             "locksim_cpu_percent": round(r["locksim_cpu_percent"], 2),
+             **r["machine"]} for r in runs},
          what="idle lockerd by bank size: 24 cells, 1x (96), 4x (384) and the "
               "configuration's cap (32 boards, 512 cells; 16x = 1,536 cells is "
               "beyond CONFIG_CELLS_MAX)")
