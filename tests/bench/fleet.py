@@ -18,7 +18,7 @@ reply. After the steady window the platform waits for every locker's
 ledger to arrive and checks, per locker, that seqs 1..last (lockerd's
 database) all arrived: no event lost.
 
-For N in BENCH_FLEET_N (default 1,16,64,128,160, stopping after the first N
+For N in BENCH_FLEET_N (default 1,32,128,160,192, stopping after the first N
 that misses a goal) it prints one JSON line per N, then "fleet_max_n":
 the largest N with keypad p99 (to the relay) under 100 ms and no event
 lost, with per-locker CPU and memory. Everything shares this machine's
@@ -429,7 +429,7 @@ def run_fleet(n, seconds, period):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
-    ap.add_argument("--n", default=os.environ.get("BENCH_FLEET_N", "1,16,64,128,160"))
+    ap.add_argument("--n", default=os.environ.get("BENCH_FLEET_N", "1,32,128,160,192"))
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_FLEET_S", "20")))
     ap.add_argument("--period", type=float, default=float(os.environ.get("BENCH_FLEET_PERIOD", "4")),
                     help="seconds between one locker's actions (drop-off / pickup)")
