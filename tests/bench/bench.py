@@ -174,7 +174,8 @@ def unlock_rig(rtu=False, baud=115200, parity="N"):
 
 def machine_cpu():
     """/proc/stat's first line: (busy, steal, total) jiffies of all CPUs.
-    Steal is time the hypervisor gave this VM's CPUs to someone else."""
+    Busy is everything but idle and iowait, steal included; steal is time
+    the hypervisor gave this VM's CPUs to someone else."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return sum(v) - v[3] - v[4], v[7], sum(v)
