@@ -7,7 +7,10 @@
 #   make check   the same tests under ASan + UBSan + LSan, in build-san/
 #   make run     deps + build + the controller against the simulator
 #   make demo    deps + build + a narrated day at the locker (sim/demo.py)
-#   make bench   deps + build + benchmarks (JSON lines on stdout)
+#   make bench   deps + build + benchmarks (JSON lines on stdout); BENCH_ONLY=
+#                modbus,rtu,idle,codes,drain,reserve,scale,fleet runs a subset
+#   make fleet   deps + build + the fleet simulation alone (tests/bench/fleet.py:
+#                N lockerds against one mosquitto; BENCH_FLEET_N=1,4,8,...)
 #   make soak    deps + build + the soak-sized tests only: each test named in
 #                SOAK_TESTS (tests/run.py -k, any of them) runs with SOAK_ENV
 #                (SOAK=1, CHAOS_KILLS=300: the chaos test kills lockerd 300
@@ -92,8 +95,8 @@ UNIT_TESTS := $(BUILD)/test_board $(BUILD)/test_bank $(BUILD)/test_config \
 	$(BUILD)/test_codes $(BUILD)/test_ledger $(BUILD)/test_guessing \
 	$(BUILD)/test_cmd $(BUILD)/test_powerloss
 
-.PHONY: all deps test check run demo bench soak fuzz clean unit integration \
-	_test _bench _soak install uninstall FORCE
+.PHONY: all deps test check run demo bench fleet soak fuzz clean unit \
+	integration _test _bench _fleet _soak install uninstall FORCE
 all: $(BINS)
 
 deps:
@@ -208,6 +211,12 @@ bench: deps
 
 _bench: $(BINS) $(BUILD)/codebench
 	@$(PYTHON) tests/bench/bench.py --build $(BUILD)
+
+fleet: deps
+	@$(MAKE) --no-print-directory _fleet
+
+_fleet: $(BINS)
+	@$(PYTHON) tests/bench/fleet.py --build $(BUILD)
 
 SOAK_TESTS ?= test_chaos::test_chaos_kill9 test_load::test_load_100_commands_a_second \
 	test_powerloss

@@ -130,6 +130,14 @@ opened(struct lockerd *d, struct lockerd_step *s, int slot)
 		    "opened. Your code still works; please ask the hall "
 		    "staff.", 0);
 	cell = d->cells[d->resv.r[slot].cell].number;
+	/* No code in it: only the clock readings of the phases. */
+	log_debug("keypad: cell %d unlock timing (monotonic us): got %lld "
+	    "checked %lld tx %lld commit %lld durable %lld queued %lld "
+	    "cpu %lld", cell,
+	    (long long)d->steptime.got, (long long)d->steptime.checked,
+	    (long long)d->steptime.tx, (long long)d->steptime.commit,
+	    (long long)d->steptime.durable, (long long)d->steptime.queued,
+	    (long long)(d->steptime.cpu_queued - d->steptime.cpu_got));
 	snprintf(show, sizeof(show), pickup ? "Cell %d is open. Take your "
 	    "certificate and close the door." : "Cell %d is open. Put your "
 	    "documents in and close the door.", cell);
@@ -193,6 +201,7 @@ enter_code(struct lockerd *d, json_t *req, struct lockerd_step *s)
 		codes_hash(d->keys, "phone", phone, phone_hash);
 	r = resv_enter(&d->resv, code_hash, phone ? phone_hash : NULL,
 	    lockerd_now(), &s->resv, &slot);
+	d->steptime.checked = util_mono_us();
 	return outcome(d, s, r, slot);
 }
 
@@ -219,6 +228,7 @@ scan(struct lockerd *d, json_t *req, struct lockerd_step *s)
 		r = resv_enter_credential(&d->resv, c.resv, c.cell,
 		    c.code_hash, c.not_after * 1000, lockerd_now(), &s->resv,
 		    &slot);
+	d->steptime.checked = util_mono_us();
 	if (r == RESV_ERR_NO_CODE)
 		log_info("keypad: a scanned credential was refused: %s",
 		    reason ? reason : "no such live code here");
@@ -522,6 +532,9 @@ kiosk_handle(void *arg, json_t *req)
 	struct lockerd_step *s;
 	json_t *reply;
 
+	memset(&d->steptime, 0, sizeof(d->steptime));
+	d->steptime.got = util_mono_us();
+	d->steptime.cpu_got = util_thread_cpu_us();
 	if ((s = malloc(sizeof(*s))) == NULL)
 		return refuse("unrecorded", "Out of memory.", 0);
 	lockerd_step_init(s);

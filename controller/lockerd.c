@@ -489,6 +489,7 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 		fatal("more than %d actions at once", BANK_ACTIONS_MAX);
 	need_tx = s->norder > 0;
 	if (need_tx) {
+		d->steptime.tx = util_mono_us();
 		if (tx_begin(d) == -1)
 			goto fail;
 		for (i = 0; i < s->norder; i++) {
@@ -511,8 +512,10 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 				goto fail;
 			}
 		}
+		d->steptime.commit = util_mono_us();
 		if (tx_commit(d) == -1)
 			goto fail;
+		d->steptime.durable = util_mono_us();
 	}
 	/* What the platform's retained cell states must show again. */
 	for (i = 0; i < s->bank.n; i++)
@@ -551,6 +554,8 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 			    "closed", d->cells[a->cell].number, NULL);
 		if (a->type != BANK_ACT_PULSE)
 			continue;
+		d->steptime.queued = util_mono_us();
+		d->steptime.cpu_queued = util_thread_cpu_us();
 		if (mb_unlock(d->mb, d->cells[a->cell].board,
 		    d->cells[a->cell].channel, a->cell) == -1) {
 			memset(&retry, 0, sizeof(retry));

@@ -55,6 +55,22 @@ struct lockerd_step {
 	int norder;
 };
 
+/*
+ * CLOCK_MONOTONIC microseconds of the phases of the last step that opened
+ * a door, for the keypad's debug line "unlock timing" (make bench reads
+ * it). Taking them costs a few clock reads per step; the thread CPU times
+ * tell the work apart from waiting for a core.
+ */
+struct lockerd_steptime {
+	int64_t got;                    /* the request reached its handler */
+	int64_t checked;                /* the code was verified */
+	int64_t tx;                     /* the transaction began */
+	int64_t commit;                 /* its rows written, COMMIT called */
+	int64_t durable;                /* COMMIT returned */
+	int64_t queued;                 /* the last unlock handed to its bus */
+	int64_t cpu_got, cpu_queued;    /* the main thread's CPU time then */
+};
+
 struct lockerd {
 	struct config cfg;
 	const char *config_path;        /* NULL: built-in default */
@@ -96,6 +112,7 @@ struct lockerd {
 	uint8_t cell_dirty[CONFIG_CELLS_MAX];
 	uint64_t cell_sent[CONFIG_CELLS_MAX];
 	int64_t cell_rev[CONFIG_CELLS_MAX];
+	struct lockerd_steptime steptime;
 };
 
 /* The state folder: created 0700 if missing; -1 if it cannot be. */

@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -32,6 +31,7 @@
 
 struct mb_cmd {
 	int board, channel, cell;
+	int64_t queued_us;      /* monotonic: when the main loop asked */
 };
 
 struct coil_off {
@@ -85,15 +85,6 @@ struct mb {
 	atomic_int stop;
 	atomic_int poll_ms, backoff_min, backoff_max;
 };
-
-static int64_t
-mono_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 /* modbus_strerror() is not thread-safe; this is. */
 static void
@@ -306,7 +297,7 @@ request_prepare(struct worker *w, const struct wboard *b)
 
 	modbus_flush(w->ctx);
 	if (w->bus->type == CONFIG_BUS_RTU) {
-		wait = w->last_io_us + w->gap_us - mono_us();
+		wait = w->last_io_us + w->gap_us - util_mono_us();
 		if (wait > 0)
 			usleep((useconds_t)wait);
 	}
@@ -316,7 +307,7 @@ request_prepare(struct worker *w, const struct wboard *b)
 static void
 request_done(struct worker *w)
 {
-	w->last_io_us = mono_us();
+	w->last_io_us = util_mono_us();
 }
 
 static int
@@ -368,7 +359,7 @@ read_inputs(struct worker *w, struct wboard *b, int64_t now)
 /* The Waveshare "flash on": FC05 with a value that modbus_write_bit()
  * cannot send; the board answers with an echo. */
 static int
-write_flash(struct worker *w, struct wboard *b, int channel)
+write_flash(struct worker *w, struct wboard *b, int channel, int64_t *sent)
 {
 	const struct board_profile *p = &b->cfg->profile;
 	int addr = board_flash_addr(p, channel), val = board_flash_value(p);
@@ -382,6 +373,7 @@ write_flash(struct worker *w, struct wboard *b, int channel)
 	req[4] = (uint8_t)(val >> 8);
 	req[5] = (uint8_t)val;
 	request_prepare(w, b);
+	*sent = util_mono_us();
 	if (modbus_send_raw_request(w->ctx, req, sizeof(req)) == -1) {
 		request_done(w);
 		return -1;
@@ -447,6 +439,7 @@ do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 	const struct board_profile *p;
 	char msg[96];
 	int i, rc, e, unknown;
+	int64_t picked = util_mono_us(), sent, replied;
 
 	for (i = 0; i < w->nboards; i++)
 		if (w->boards[i].idx == cmd->board)
@@ -462,15 +455,23 @@ do_unlock(struct worker *w, const struct mb_cmd *cmd, int64_t now)
 	}
 	p = &b->cfg->profile;
 	if (p->unlock == BOARD_UNLOCK_FLASH) {
-		rc = write_flash(w, b, cmd->channel);
+		rc = write_flash(w, b, cmd->channel, &sent);
 		e = errno;
 	} else {
 		request_prepare(w, b);
+		sent = util_mono_us();
 		rc = modbus_write_bit(w->ctx, board_coil_addr(p, cmd->channel),
 		    1);
 		e = errno;
 		request_done(w);
 	}
+	replied = util_mono_us();
+	/* The phases of the unlock, for make bench: cheap enough to take
+	 * always, written only at debug level. */
+	log_debug("%s board %s: unlock channel %d timing (monotonic us): "
+	    "queued %lld picked %lld sent %lld replied %lld rc %d", w->name,
+	    b->cfg->name, cmd->channel, (long long)cmd->queued_us,
+	    (long long)picked, (long long)sent, (long long)replied, rc);
 	/*
 	 * Without a good reply the request may still have gone out and the
 	 * lock be open: the coil goes off after the pulse all the same, and
@@ -796,7 +797,7 @@ mb_unlock(struct mb *m, int board, int channel, int cell)
 		rc = -1;
 	else
 		w->cmds[w->cmd_head++ % MB_CMD_RING] =
-		    (struct mb_cmd){ board, channel, cell };
+		    (struct mb_cmd){ board, channel, cell, util_mono_us() };
 	pthread_mutex_unlock(&w->lock);
 	if (rc == 0 && write(w->wake_fd, &one, sizeof(one)) < 0)
 		log_error("modbus: waking %s: %s", w->name, strerror(errno));

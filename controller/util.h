@@ -7,6 +7,10 @@
 
 /* Milliseconds on CLOCK_MONOTONIC: for deadlines and timers. */
 int64_t util_mono_ms(void);
+/* Microseconds on CLOCK_MONOTONIC: for timing the phases of an unlock. */
+int64_t util_mono_us(void);
+/* Microseconds of CPU the calling thread has used (CLOCK_THREAD_CPUTIME_ID). */
+int64_t util_thread_cpu_us(void);
 /* Milliseconds since the epoch: for what is recorded and reported. */
 int64_t util_wall_ms(void);
 /* "2026-11-23T10:39:01.123Z" into buf (at least 25 bytes). */

@@ -5,15 +5,29 @@ Every figure is a median (and p99) over repeated samples taken in the same
 run, so that machine noise on a shared 2-core box hits both sides of a
 comparison alike. Figures:
 
-  unlock_latency_ms     keypad/operator request -> relay write seen by
-                        locksim (CLOCK_MONOTONIC is system-wide, so the
-                        request time and locksim's log compare directly);
-                        includes the durable SQLite commit (fsync).
+  unlock_latency_ms     a code typed on the keypad socket -> the relay
+                        write seen by locksim (CLOCK_MONOTONIC is
+                        system-wide, so the send time, lockerd's stamps
+                        and locksim's log compare directly); 8 boards x
+                        16 cells polled at 10 Hz, 128 drop-off codes per
+                        round (BENCH_ROUNDS, default 2), gap_s apart.
+  unlock_phase_*_ms     the same unlocks split by lockerd's own debug
+                        stamps ("unlock timing" lines of the keypad and the
+                        bus worker): to_handler, verify, plan, record
+                        (sign + INSERT), commit (the fsync), after_commit,
+                        handoff (to the bus thread), prepare, modbus_oneway
+                        (write call -> seen), modbus_rtt.
+  unlock_lockerd_addition_ms
+                        per unlock: total - commit - its own Modbus one-way
+                        time; goal < 1 ms at p99. Beside it, in the same
+                        run, the bare libmodbus write (build/mbping):
   modbus_write_oneway_ms / modbus_write_rtt_ms
-                        the bare libmodbus FC05 write (build/mbping) to a
-                        locksim board: start -> seen by locksim, and the
-                        full round trip. lockerd's overhead is the
-                        difference from the first of these.
+                        start -> seen by locksim, and the round trip.
+  (BENCH_ONLY=rtu) modbus_rtu{115200,9600}_* and unlock_*rtu{115200,9600}*
+                        the same over RTU on locksim's pseudo-terminal (wire
+                        time zero; lockerd keeps the configured rate's
+                        3.5-character silence), with the computed wire time
+                        of the FC05 frames for 8N1 and 8E1.
   idle_cpu_percent      lockerd's CPU share (user+system, all threads) while
                         polling 4 boards x 24 cells at 10 Hz, as the median
                         of 10 s windows over BENCH_IDLE_S (default 60 s).
@@ -55,19 +69,34 @@ comparison alike. Figures:
                         p99 of BENCH_RESERVE_N (default 200) samples; the
                         same op on the control socket is given alongside.
 
+  (BENCH_ONLY=idle also) scale_idle and binary_size_bytes
+                        the idle run again for 1, 16 and 32 boards (24, 384,
+                        512 cells; BENCH_IDLE_SCALE_S each, default 20), and
+                        size(1) of build/lockerd.
+  scale_drain_events_per_s / scale_reserve_rtt_ms / scale_rss_kib
+                        (BENCH_ONLY=scale) one ledger grown to BENCH_SCALE
+                        (1,4,16) x BENCH_SCALE_BASE (10,000) events; on a
+                        copy of each: the drain, then the reserve round
+                        trip and the memory with that history stored.
+  scale_codes           codebench at 96, 384, 1,536 and 10,000 live codes.
+  fleet, fleet_max_n    (BENCH_ONLY=fleet) tests/bench/fleet.py: N lockers
+                        against one mosquitto; see its docstring.
+
 For both MQTT figures the broker (set_tcp_nodelay) and the platform's
 client send without Nagle's delay, so that only lockerd's own socket
-options show. BENCH_ONLY=drain,reserve (or modbus, idle, codes) runs a
-subset; make bench runs everything.
+options show. BENCH_ONLY=drain,reserve (or modbus, rtu, idle, codes,
+scale, fleet) runs a subset; make bench runs everything.
 """
 
 import argparse
 import json
+import re
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -94,13 +123,16 @@ def emit(name, values=None, unit=None, **extra):
     return rec
 
 
-def bench_bare_write(count):
+def bench_bare_write(count, rtu=False, baud=115200):
+    """build/mbping: bare libmodbus FC05 writes to a locksim board over TCP
+    or RTU on locksim's pseudo-terminal. Returns (oneway, rtt) in ms."""
     H.begin_test("bench-bare")
     try:
-        sim = H.Locksim(boards=[(1, "generic-16")], name="bare")
-        out = subprocess.run([H.binary("mbping"), "--tcp", f"127.0.0.1:{sim.port}",
-                              "1", "0", str(count)], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
+        sim = H.Locksim(boards=[(1, "generic-16")], tcp=not rtu, rtu=rtu, name="bare")
+        target = ["--rtu", f"{sim.rtu_path}:{baud}"] if rtu else \
+            ["--tcp", f"127.0.0.1:{sim.port}"]
+        out = subprocess.run([H.binary("mbping")] + target + ["1", "0", str(count)],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
         pings = [json.loads(line) for line in out.splitlines()]
         writes = sim.writes()
         # The first writes seen by locksim are mbping's, in order.
@@ -110,33 +142,113 @@ def bench_bare_write(count):
         return oneway, rtt
     finally:
         H.end_test(False)
+        H.remove_tmp(False)
 
 
-def bench_unlock(rounds):
-    H.begin_test("bench-unlock")
-    try:
-        sim = H.Locksim(boards=[(1, "generic-16")], name="sim")
-        cfg = H.config(sim=sim, boards={"A": {"bus": "sim", "unit": 1,
-                                              "profile": "generic-16"}},
-                       cells={"1-16": "A:1 S"}, log_level="warn")
-        lk = H.Lockerd(cfg)
-        lat = []
-        for _ in range(rounds):
-            for cell in range(1, 17):
-                after = sim.last_write_n()
+# The unlock benches: 8 boards x 16 cells, one drop-off code per cell.
+UNLOCK_BOARDS = 8
+UNLOCK_TIMING = {"poll_ms": 100, "debounce_ms": 150, "unlock_confirm_ms": 3000,
+                 "door_left_open_s": 600, "door_left_open_repeat_s": 600}
+KEYPAD_RE = re.compile(r"keypad: cell (\d+) unlock timing \(monotonic us\): got (\d+) "
+                       r"checked (\d+) tx (\d+) commit (\d+) durable (\d+) queued (\d+) "
+                       r"cpu (\d+)")
+WORKER_RE = re.compile(r"board (B\d+): unlock channel (\d+) timing \(monotonic us\): "
+                       r"queued (\d+) picked (\d+) sent (\d+) replied (\d+) rc 1")
+
+
+def unlock_rig(rtu=False, baud=115200, parity="N"):
+    """locksim with UNLOCK_BOARDS generic-16 boards (TCP, or RTU on its
+    pseudo-terminal) and a lockerd at log level debug, whose keypad and
+    Modbus worker write the "unlock timing" lines. Returns (sim, lk)."""
+    units = [(u, "generic-16") for u in range(1, UNLOCK_BOARDS + 1)]
+    sim = H.Locksim(boards=units, tcp=not rtu, rtu=rtu, name="sim")
+    boards = {f"B{u}": {"bus": "sim", "unit": u, "profile": "generic-16"} for u, _ in units}
+    cells = {f"{(u - 1) * 16 + 1}-{u * 16}": f"B{u}:1 S" for u, _ in units}
+    cfg = H.config(sim=sim, rtu=rtu, boards=boards, cells=cells, timing=UNLOCK_TIMING,
+                   log_level="debug", extra=H.custody_extra(
+                       kiosk={"code_burst": 10, "code_refill_s": 1}))
+    if rtu:
+        cfg["bus sim"].update({"baud": baud, "parity": parity})
+    return sim, H.Lockerd(cfg)
+
+
+def machine_cpu():
+    """/proc/stat's first line: (busy, steal, total) jiffies of all CPUs.
+    Busy is everything but idle and iowait, steal included; steal is time
+    the hypervisor gave this VM's CPUs to someone else."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], v[7], sum(v)
+
+
+def machine_share(c0, c1):
+    total = (c1[2] - c0[2]) or 1
+    return {"machine_busy_percent": round(100.0 * (c1[0] - c0[0]) / total, 1),
+            "machine_steal_percent": round(100.0 * (c1[1] - c0[1]) / total, 1)}
+
+
+def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
+    """Codes typed on the keypad socket -> the relay write seen by locksim,
+    with lockerd's own phase stamps (debug log) and locksim's write log,
+    all on CLOCK_MONOTONIC. Each round is a fresh locksim + lockerd with
+    128 drop-off codes, typed gap_s apart (a door that springs open is
+    recorded meanwhile, as in life). Returns a list of per-unlock dicts
+    of phase durations in ms."""
+    samples = []
+    m0 = machine_cpu()
+    for rnd in range(rounds):
+        H.begin_test(f"bench-unlock-{'rtu' if rtu else 'tcp'}-{rnd}")
+        failed = True
+        try:
+            sim, lk = unlock_rig(rtu, baud, parity)
+            lk.wait_event("started", timeout=10)
+            kc = H.kiosk(lk)
+            ncells = UNLOCK_BOARDS * 16
+            codes = {}
+            for i in range(ncells):
+                r = lk.ctl_ok({"op": "reserve", "app": f"U-{rnd}-{i}", "size": "S"})
+                codes[r["cell"]] = r["code"]
+            after = sim.last_write_n()
+            sent = {}
+            for cell, code in codes.items():
+                time.sleep(gap_s)
                 t0 = time.monotonic()
-                lk.ctl_ok({"op": "open", "cell": cell})
-                w = sim.wait_write(H.is_write(1, cell - 1, H.WRITE_ON), after=after)
-                lat.append((w["t"] - t0) * 1000)
-            H.wait_for(lambda: all(c["door"] == "open" for c in lk.state()["cells"]),
-                       10, what="all doors open")
-            for cell in range(1, 17):
-                sim.cmd(f"close 1 {cell}")
-            H.wait_for(lambda: all(c["door"] == "closed" for c in lk.state()["cells"]),
-                       10, what="all doors closed")
-        return lat
-    finally:
-        H.end_test(False)
+                rep = kc.request({"op": "code", "code": code})
+                if rep.get("ok") is not True or rep.get("cell") != cell:
+                    raise H.HarnessError(f"code for cell {cell} -> {rep}")
+                sent[cell] = t0
+            seen = {}
+
+            def all_seen():
+                for w in sim.writes(after):
+                    if w["fc"] == 5 and w["value"] == H.WRITE_ON:
+                        seen.setdefault((w["unit"] - 1) * 16 + w["addr"] + 1, w["t"])
+                return len(seen) >= ncells
+            H.wait_for(all_seen, 10, what="every unlock write")
+            lk.stop()
+            with open(lk.log_path) as f:
+                text = f.read()
+            kp = {int(m[0]): [int(x) / 1e6 for x in m[1:]] for m in KEYPAD_RE.findall(text)}
+            wk = {}
+            for m in WORKER_RE.findall(text):
+                cell = (int(m[0][1:]) - 1) * 16 + int(m[1])
+                wk.setdefault(cell, [int(x) / 1e6 for x in m[2:]])
+            for cell, t0 in sent.items():
+                got, checked, tx, commit, durable, queued, cpu = kp[cell]
+                _q, picked, sent_, replied = wk[cell]
+                t_seen = seen[cell]
+                samples.append({
+                    "total": t_seen - t0, "to_handler": got - t0, "verify": checked - got,
+                    "plan": tx - checked, "record": commit - tx, "commit": durable - commit,
+                    "after_commit": queued - durable, "handoff": picked - queued,
+                    "prepare": sent_ - picked, "modbus_oneway": t_seen - sent_,
+                    "modbus_rtt": replied - sent_, "main_cpu": cpu})
+            failed = False
+        finally:
+            H.end_test(failed)
+            H.remove_tmp(failed)
+    out = [{k: v * 1000 for k, v in s_.items()} for s_ in samples]
+    return out, machine_share(m0, machine_cpu())
 
 
 def proc_cpu_ticks(pid):
@@ -163,14 +275,38 @@ def proc_rss_kib(pid):
     return 0
 
 
-def bench_idle(seconds, window=10):
-    H.begin_test("bench-idle")
+def proc_mem_kib(pid):
+    """VmRSS and its parts (anonymous: heap, stacks; file: code and data
+    of the binary and the shared libraries, mostly shared with other
+    processes; shmem: SQLite's WAL index), in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k = line.split(":")[0]
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                out[k] = int(line.split()[1])
     try:
-        units = [(u, "generic-24") for u in (1, 2, 3, 4)]
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Pss:", "Private_Dirty:")):
+                    out[line.split(":")[0]] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+def bench_idle(seconds, window=10, nboards=4, profile="generic-24"):
+    """lockerd polling nboards boards at 10 Hz, no broker, nothing to do:
+    CPU share per window, context switches per second (all threads),
+    board requests per second, memory at the end."""
+    H.begin_test(f"bench-idle-{nboards}")
+    try:
+        per = int(profile.split("-")[1])
+        units = [(u, profile) for u in range(1, nboards + 1)]
         sim = H.Locksim(boards=units, name="sim")
-        boards = {f"B{u}": {"bus": "sim", "unit": u, "profile": "generic-24"}
+        boards = {f"B{u}": {"bus": "sim", "unit": u, "profile": profile}
                   for u, _ in units}
-        cells = {f"{(u - 1) * 24 + 1}-{u * 24}": f"B{u}:1 M" for u, _ in units}
+        cells = {f"{(u - 1) * per + 1}-{u * per}": f"B{u}:1 M" for u, _ in units}
         timing = {"poll_ms": 100, "debounce_ms": 150, "unlock_confirm_ms": 3000,
                   "door_left_open_s": 120, "door_left_open_repeat_s": 300,
                   "board_backoff_min_ms": 500, "board_backoff_max_ms": 30000}
@@ -183,6 +319,8 @@ def bench_idle(seconds, window=10):
         req0 = sum(b["requests"] for b in sim.state()["boards"])
         t_start = time.monotonic()
         sw0 = proc_switches(pid)
+        sim_c0 = proc_cpu_ticks(sim.proc.pid)
+        m0 = machine_cpu()
         shares = []
         while time.monotonic() - t_start < seconds - 0.01:
             c0, t0 = proc_cpu_ticks(pid), time.monotonic()
@@ -192,10 +330,66 @@ def bench_idle(seconds, window=10):
         elapsed = time.monotonic() - t_start
         wakeups = (proc_switches(pid) - sw0) / elapsed
         reqs = (sum(b["requests"] for b in sim.state()["boards"]) - req0) / elapsed
-        rss = proc_rss_kib(pid)
-        return shares, wakeups, reqs, rss, elapsed
+        sim_share = 100.0 * (proc_cpu_ticks(sim.proc.pid) - sim_c0) / hz / elapsed
+        mem = proc_mem_kib(pid)
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+        return {"shares": shares, "wakeups": wakeups, "reqs": reqs, "mem": mem,
+                "machine": machine_share(m0, machine_cpu()),
+                "elapsed": elapsed, "boards": nboards, "cells": nboards * per,
+                "threads": threads, "locksim_cpu_percent": sim_share}
     finally:
         H.end_test(False)
+        H.remove_tmp(False)
+
+
+def binary_size():
+    """size(1) of build/lockerd: text, data, bss; and the file size."""
+    path = os.path.join(H.build_dir(), "lockerd")
+    out = subprocess.run(["size", path], capture_output=True, text=True).stdout.split("\n")[1]
+    text, data, bss = (int(x) for x in out.split()[:3])
+    stripped = None
+    try:
+        tmp = os.path.join(tempfile.mkdtemp(prefix="lockerd-size-"), "lockerd")
+        subprocess.run(["strip", "-o", tmp, path], check=True)
+        stripped = os.path.getsize(tmp)
+        os.unlink(tmp)
+        os.rmdir(os.path.dirname(tmp))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"file_bytes": os.path.getsize(path), "stripped_bytes": stripped,
+            "text": text, "data": data, "bss": bss}
+
+
+def emit_idle(r, name_suffix="", goal=True):
+    extra = {"goal": "< 1"} if goal else {}
+    emit("idle_cpu_percent" + name_suffix, r["shares"], unit="% of one core",
+         what=f"{r['boards']} boards x {r['cells'] // r['boards']} cells polled at 10 Hz, "
+              f"{len(r['shares'])} windows over {r['elapsed']:.0f} s", **r["machine"],
+         **extra)
+    emit("idle_wakeups_per_s" + name_suffix, None, value=round(r["wakeups"], 1),
+         board_requests_per_s=round(r["reqs"], 1), threads=r["threads"])
+    emit("idle_rss_kib" + name_suffix, None, value=r["mem"]["VmRSS"], cells=r["cells"],
+         anon_kib=r["mem"].get("RssAnon"), file_kib=r["mem"].get("RssFile"),
+         shmem_kib=r["mem"].get("RssShmem"), pss_kib=r["mem"].get("Pss"),
+         peak_kib=r["mem"].get("VmHWM"),
+         **({"goal": "< 8192"} if goal else {}))
+
+
+def emit_idle_scale(runs):
+    emit("scale_idle", None, unit="mixed",
+         by_cells={str(r["cells"]): {
+             "boards": r["boards"], "threads": r["threads"],
+             "cpu_percent_median": round(statistics.median(r["shares"]), 2),
+             "cpu_percent_max": round(max(r["shares"]), 2),
+             "wakeups_per_s": round(r["wakeups"], 1),
+             "board_requests_per_s": round(r["reqs"], 1),
+             "rss_kib": r["mem"]["VmRSS"], "anon_kib": r["mem"].get("RssAnon"),
+             "pss_kib": r["mem"].get("Pss"),
+             "locksim_cpu_percent": round(r["locksim_cpu_percent"], 2),
+             **r["machine"]} for r in runs},
+         what="idle lockerd by bank size: 24 cells, 1x (96), 4x (384) and the "
+              "configuration's cap (32 boards, 512 cells; 16x = 1,536 cells is "
+              "beyond CONFIG_CELLS_MAX)")
 
 
 # The broker and the platform's client send at once (TCP_NODELAY): with
@@ -324,9 +518,10 @@ def build_backlog(sim, target):
     return lk.state_dir, last
 
 
-def drain_once(sim, src, n, inflight, tag):
+def drain_once(sim, src, n, inflight, tag, after=None):
     """lockerd on a fresh copy of src, a fresh broker, a subscriber already
-    connected; returns the figures of one drain."""
+    connected; returns the figures of one drain, with those of
+    after(lockerd, subscriber) (a dict) once the drain is over."""
     import shutil
     state = os.path.join(H.tmpdir(), f"state-{tag}")
     shutil.copytree(src, state)
@@ -351,11 +546,12 @@ def drain_once(sim, src, n, inflight, tag):
         bad = next(i for i, s in enumerate(order) if s != i + 1)
         raise H.HarnessError(f"drain {tag}: events out of order or missing near "
                              f"#{bad + 1}: {order[max(0, bad - 3):bad + 3]}")
+    more = after(lk, sink) if after else {}
     lk.stop()
     broker.stop()
     sink.cleanup()
     shutil.rmtree(state, ignore_errors=True)
-    return {"rate": n / took, "took_s": took, "birth_ms": (birth - t_spawn) * 1000,
+    return {**more, "rate": n / took, "took_s": took, "birth_ms": (birth - t_spawn) * 1000,
             "dupes": dupes, "lockerd_cpu_s": (cpu1[0] - cpu0[0]) / hz,
             "broker_cpu_s": (cpu1[1] - cpu0[1]) / hz,
             "subscriber_cpu_s": cpu1[2] - cpu0[2]}
@@ -378,6 +574,30 @@ def bench_drain(runs, target):
         H.remove_tmp(failed)
 
 
+def reserve_samples(lk, sink, count, warmup=10, tag="bench"):
+    """Reserve commands over MQTT, one at a time: publish -> reply, in ms.
+    Each reservation is then cancelled (untimed) and its events let
+    through, so that the next sample starts on a quiet link."""
+    topic = f"{sink.prefix}/cmd"
+    rtt = []
+    for i in range(warmup + count):
+        rid = f"{tag}-{os.getpid()}-{i}"
+        cmd = json.dumps({"op": "reserve", "request_id": rid,
+                          "exp": int(time.time() * 1000) + 30000,
+                          "app": f"R-{i}", "size": "S"})
+        t0 = time.monotonic()
+        sink.c.publish(topic, cmd, qos=1)
+        sink.wait(lambda: rid in sink.replies, 10, f"the reply to {rid}")
+        t1, rep = sink.replies[rid]
+        if rep.get("ok") is not True:
+            raise H.HarnessError(f"reserve over MQTT refused: {rep}")
+        if i >= warmup:
+            rtt.append((t1 - t0) * 1000)
+        lk.ctl_ok({"op": "cancel", "resv": rep["resv"]})
+        sink.wait(lambda: rep["resv"] in sink.cancelled, 10, "the cancelled event")
+    return rtt
+
+
 def bench_reserve_rtt(count, warmup=10):
     H.begin_test("bench-reserve")
     failed = True
@@ -388,25 +608,7 @@ def bench_reserve_rtt(count, warmup=10):
         lk = H.Lockerd(H.config(sim, log_level="warn", extra=H.mqtt_extra(broker)))
         lk.wait_event("started", timeout=5)
         sink.wait(lambda: sink.birth is not None, 10, "lockerd's birth")
-        topic = f"{sink.prefix}/cmd"
-        rtt = []
-        for i in range(warmup + count):
-            rid = f"bench-{os.getpid()}-{i}"
-            cmd = json.dumps({"op": "reserve", "request_id": rid,
-                              "exp": int(time.time() * 1000) + 30000,
-                              "app": f"R-{i}", "size": "S"})
-            t0 = time.monotonic()
-            sink.c.publish(topic, cmd, qos=1)
-            sink.wait(lambda: rid in sink.replies, 10, f"the reply to {rid}")
-            t1, rep = sink.replies[rid]
-            if rep.get("ok") is not True:
-                raise H.HarnessError(f"reserve over MQTT refused: {rep}")
-            if i >= warmup:
-                rtt.append((t1 - t0) * 1000)
-            # Untimed: free the cell, and let its events reach the
-            # platform so that the next sample starts on a quiet link.
-            lk.ctl_ok({"op": "cancel", "resv": rep["resv"]})
-            sink.wait(lambda: rep["resv"] in sink.cancelled, 10, "the cancelled event")
+        rtt = reserve_samples(lk, sink, count, warmup)
         # The same op on the control socket: no broker, no command log.
         local = []
         for i in range(count):
@@ -421,10 +623,133 @@ def bench_reserve_rtt(count, warmup=10):
         H.remove_tmp(failed)
 
 
+def build_snapshots(sim, targets):
+    """One growing ledger, copied each time it passes a target: state
+    directories with >= each target of undelivered events (reserve +
+    cancel cycles on the control socket, 3 events and one stored
+    reservation each). Built on tmpfs, where a commit costs no fsync, to
+    keep the run short; the copies are timed on disk. Returns
+    [(dir, events, reservations)]."""
+    import shutil
+    import sqlite3
+    dead = H.free_port()
+    work = tempfile.mkdtemp(prefix="lockerd-bench-", dir="/dev/shm") \
+        if os.path.isdir("/dev/shm") else os.path.join(H.tmpdir(), "grow")
+    cfg = H.config(sim, log_level="warn",
+                   extra={"mqtt": {"host": "127.0.0.1", "port": dead}})
+    cfg["locker"]["state_dir"] = os.path.join(work, "state")
+    cfg["control"]["socket"] = os.path.join(H.tmpdir(), "grow.sock")
+    lk = H.Lockerd(cfg, name="grow")
+    lk.wait_event("started", timeout=5)
+    out, i = [], 0
+    try:
+        for target in sorted(targets):
+            while True:
+                for _ in range(100):
+                    i += 1
+                    r = lk.ctl_ok({"op": "reserve", "app": f"D-{i}", "size": "S"})
+                    lk.ctl_ok({"op": "cancel", "resv": r["resv"]})
+                if lk.events(after=target - 1):
+                    break
+            lk.stop()
+            db = sqlite3.connect(f"file:{lk.db_path}?mode=ro", uri=True)
+            last, = db.execute("SELECT max(seq) FROM events").fetchone()
+            nresv, = db.execute("SELECT count(*) FROM reservations").fetchone()
+            db.close()
+            dst = os.path.join(H.tmpdir(), f"snap-{target}")
+            shutil.copytree(lk.state_dir, dst)
+            out.append((dst, last, nresv))
+            lk.start()
+    finally:
+        lk.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def bench_scale(base, factors, reserve_n):
+    """Each figure that depends on stored records at base x factors
+    events: the drain of that backlog, then, on the same lockerd, its
+    RSS and the reserve round trip with that history behind it."""
+    H.begin_test("bench-scale")
+    failed = True
+    try:
+        sim = H.Locksim(name="sim")
+        t0 = time.monotonic()
+        snaps = build_snapshots(sim, [base * f for f in factors])
+        built = time.monotonic() - t0
+        res = []
+        for f, (src, n, nresv) in zip(sorted(factors), snaps):
+            def after(lk, sink):
+                rss_drained = proc_mem_kib(lk.proc.pid)
+                rtt = reserve_samples(lk, sink, reserve_n, tag=f"scale{f}")
+                return {"rss_drained": rss_drained, "rtt": rtt,
+                        "rss_after": proc_mem_kib(lk.proc.pid),
+                        "db_bytes": sum(os.path.getsize(os.path.join(lk.state_dir, x))
+                                        for x in os.listdir(lk.state_dir)
+                                        if x.startswith("lockerd.db"))}
+            r = drain_once(sim, src, n, 32, f"scale{f}", after=after)
+            r.update({"factor": f, "events": n, "reservations": nresv})
+            res.append(r)
+        failed = False
+        return res, built
+    finally:
+        H.end_test(failed)
+        H.remove_tmp(failed)
+
+
+def emit_scale(res, built):
+    by = {f"{r['factor']}x": r for r in res}
+    emit("scale_drain_events_per_s", None, unit="events/s", goal="> 2000",
+         by_scale={k: {"events": r["events"], "rate": round(r["rate"]),
+                       "took_s": round(r["took_s"], 1),
+                       "lockerd_cpu_s": round(r["lockerd_cpu_s"], 2)}
+                   for k, r in by.items()},
+         what="one drain per scale (inflight 32), backlog of N undelivered events")
+    emit("scale_reserve_rtt_ms", None, unit="ms",
+         by_scale={k: {"reservations_stored": r["reservations"], "events": r["events"],
+                       "median": round(statistics.median(r["rtt"]), 3),
+                       "p99": round(pct(r["rtt"], 99), 3), "n": len(r["rtt"])}
+                   for k, r in by.items()},
+         what="reserve over MQTT (publish -> reply) on the drained lockerd, with "
+              "that history stored")
+    emit("scale_rss_kib", None, unit="KiB", goal="< 8192",
+         by_scale={k: {"reservations_stored": r["reservations"], "events": r["events"],
+                       "after_drain": r["rss_drained"], "after_reserves": r["rss_after"],
+                       "db_mib": round(r["db_bytes"] / 2**20, 1)}
+                   for k, r in by.items()},
+         what="lockerd's VmRSS with the stored records (16 + 8 cells)",
+         backlog_build_s=round(built, 1))
+
+
+def bench_codes_scale(live_list, runs=3):
+    """codebench at 1x, 4x, 16x the live codes of a 96-cell bank (a cell
+    holds at most one live code) and at 10,000."""
+    by = {}
+    for live in live_list:
+        per = {}
+        for _ in range(runs):
+            out = subprocess.run([os.path.join(H.build_dir(), "codebench"), str(live),
+                                  str(min(2000, live))],
+                                 capture_output=True, text=True, check=True).stdout
+            for line in out.splitlines():
+                rec = json.loads(line)
+                per.setdefault(rec["bench"], []).append(rec)
+        by[str(live)] = {
+            "issue_per_s": round(statistics.median(r["value"] for r in per["code_issue_rate"])),
+            "verify_median_us": round(statistics.median(r["median"] for r in per["code_verify_us"]), 1),
+            "verify_p99_us": round(statistics.median(r["p99"] for r in per["code_verify_us"]), 1),
+            "reject_median_us": round(statistics.median(r["median"] for r in per["code_reject_us"]), 1)}
+    emit("scale_codes", None, unit="us / codes/s", by_live=by, runs=runs,
+         what="codebench: issue (reserve + unique code + keyed hash) and verify "
+              "(hash + linear lookup + consume) with N live codes")
+
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
-    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "8")))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")),
+                    help="unlock rounds of 128 codes each (RTU: half, at least 1)")
     ap.add_argument("--idle-seconds", type=int,
                     default=int(os.environ.get("BENCH_IDLE_S", "60")))
     ap.add_argument("--drain-runs", type=int,
@@ -434,7 +759,8 @@ def main():
     ap.add_argument("--reserve-n", type=int,
                     default=int(os.environ.get("BENCH_RESERVE_N", "200")))
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                    help="comma-separated subset: modbus, idle, codes, drain, reserve")
+                    help="comma-separated subset: modbus, rtu, idle, codes, drain, "
+                         "reserve, scale, fleet")
     args = ap.parse_args()
     os.environ["BUILD"] = args.build
     only = set(filter(None, args.only.split(",")))
@@ -444,20 +770,28 @@ def main():
 
     if want("modbus"):
         bench_modbus(args.rounds)
+    if want("rtu"):
+        bench_rtu(max(1, args.rounds // 2))
     if want("idle"):
-        shares, wakeups, reqs, rss, elapsed = bench_idle(args.idle_seconds)
-        emit("idle_cpu_percent", shares, unit="% of one core",
-             what=f"4 boards x 24 cells polled at 10 Hz, {len(shares)} windows "
-                  f"over {elapsed:.0f} s", goal="< 1")
-        emit("idle_wakeups_per_s", None, value=round(wakeups, 1),
-             board_requests_per_s=round(reqs, 1))
-        emit("idle_rss_kib", None, value=rss)
-        size = os.path.getsize(os.path.join(H.build_dir(), "lockerd"))
-        emit("binary_size_bytes", None, value=size)
+        r = bench_idle(args.idle_seconds)
+        emit_idle(r)
+        emit("binary_size_bytes", None, **binary_size())
+        secs = int(os.environ.get("BENCH_IDLE_SCALE_S", "20"))
+        runs = [bench_idle(secs, nboards=1)] + [r] + \
+            [bench_idle(secs, nboards=16), bench_idle(secs, nboards=32, profile="generic-16")]
+        emit_idle_scale(runs)
     if want("codes"):
         bench_codes(5)
     if want("drain"):
         emit_drain(*bench_drain(args.drain_runs, args.drain_events))
+    if want("scale"):
+        factors = [int(x) for x in os.environ.get("BENCH_SCALE", "1,4,16").split(",")]
+        emit_scale(*bench_scale(int(os.environ.get("BENCH_SCALE_BASE", "10000")),
+                                factors, int(os.environ.get("BENCH_SCALE_RESERVE_N", "100"))))
+        bench_codes_scale([96, 384, 1536, 10000])
+    if want("fleet"):
+        import fleet
+        fleet.main(["--build", args.build])
     if want("reserve"):
         rtt, local = bench_reserve_rtt(args.reserve_n)
         emit("reserve_rtt_ms", rtt,
@@ -469,19 +803,93 @@ def main():
              ctl_reserve_p99_ms=round(pct(local, 99), 3))
 
 
+PHASES = (
+    ("to_handler", "keypad client send -> lockerd's keypad handler (socket, poll loop, JSON)"),
+    ("verify", "code verification: digits check, throttle, keyed BLAKE2b, lookup + consume"),
+    ("plan", "verified -> transaction begun (the step's actions planned)"),
+    ("record", "events signed (Ed25519) + hash-chained, rows INSERTed, in the transaction"),
+    ("commit", "COMMIT: the durable write (WAL, synchronous=FULL: fsync)"),
+    ("after_commit", "committed -> unlock queued (retained-state marks, info log lines)"),
+    ("handoff", "queued -> the bus worker thread picks it up (eventfd wake)"),
+    ("prepare", "worker: modbus_flush, RTU inter-frame silence, set slave"),
+    ("modbus_oneway", "lockerd's libmodbus write call -> write seen by locksim"),
+    ("modbus_rtt", "lockerd's libmodbus write round trip (to the reply)"),
+    ("main_cpu", "CPU time of lockerd's main thread from the handler to the unlock queued "
+                 "(CLOCK_THREAD_CPUTIME_ID): the work, SQLite's part of the commit included, "
+                 "without waiting for the disk or for a core"),
+)
+
+
+def emit_unlock(tag, samples, bare_oneway, bare_rtt, **extra):
+    """The unlock figure, its phases, and what lockerd adds on top of the
+    bare write and the durable commit: per unlock, total - commit - its
+    own Modbus one-way time (what a bare libmodbus call takes), and, as a
+    cross-check, total - commit - the bare one-way median of mbping."""
+    suffix = "" if tag == "tcp" else "_" + tag
+    total = [s["total"] for s in samples]
+    u = emit("unlock_latency" + suffix + "_ms", total,
+             what=f"code typed on the keypad socket -> relay write seen by locksim "
+                  f"({tag}), incl. durable commit; {UNLOCK_BOARDS} boards x 16 cells, "
+                  f"polled at 10 Hz", **extra)
+    for name, what in PHASES:
+        emit(f"unlock{suffix}_phase_{name}_ms", [s[name] for s in samples], what=what)
+    add = [s["total"] - s["commit"] - s["modbus_oneway"] for s in samples]
+    bare_med = statistics.median(bare_oneway)
+    add_bare = [s["total"] - s["commit"] - bare_med for s in samples]
+    # The addition's wall-clock phases that do work on lockerd's threads,
+    # against the CPU they actually used: the difference is waiting.
+    wait = [s["to_handler"] + s["handoff"] for s in samples]
+    a = emit(f"unlock{suffix}_lockerd_addition_ms", add, goal="< 1 at p99",
+             waits_median_ms=round(statistics.median(wait), 3),
+             waits_p99_ms=round(pct(wait, 99), 3),
+             main_cpu_median_ms=round(statistics.median(s["main_cpu"] for s in samples), 3),
+             main_cpu_p99_ms=round(pct([s["main_cpu"] for s in samples], 99), 3),
+             what="total - durable commit - the Modbus write's own one-way time, "
+                  "per unlock", vs_bare_oneway_median=round(statistics.median(add_bare), 3),
+             vs_bare_oneway_p99=round(pct(add_bare, 99), 3),
+             bare_oneway_median_ms=round(bare_med, 3),
+             bare_rtt_median_ms=round(statistics.median(bare_rtt), 3),
+             commit_share_of_total=round(statistics.median(
+                 [s["commit"] / s["total"] for s in samples]), 2))
+    return u, a
+
+
+def rtu_wire_ms(baud, bits_per_char, request=8, reply=8):
+    """Wire time of one RTU exchange: request frame, the 3.5-character
+    silence that ends it (1.75 ms fixed above 19200 Bd, Modbus over serial
+    line 2.5.1.1), reply frame; and the lone request (to "seen")."""
+    char = bits_per_char / baud * 1000
+    gap = 1.75 if baud > 19200 else 3.5 * char
+    return {"char_ms": round(char, 4), "request_ms": round(request * char, 3),
+            "reply_ms": round(reply * char, 3), "gap_ms": round(gap, 3),
+            "request_plus_gap_ms": round(request * char + gap, 3),
+            "exchange_ms": round(request * char + gap + reply * char + gap, 3)}
+
+
 def bench_modbus(rounds):
     oneway, rtt = bench_bare_write(200)
-    lat = bench_unlock(rounds)
-    bare = emit("modbus_write_oneway_ms", oneway,
-                what="bare libmodbus FC05: call -> write seen by locksim (TCP)")
+    samples, machine = bench_unlock(rounds)
+    emit("modbus_write_oneway_ms", oneway,
+         what="bare libmodbus FC05: call -> write seen by locksim (TCP)")
     emit("modbus_write_rtt_ms", rtt, what="bare libmodbus FC05 round trip (TCP)")
-    u = emit("unlock_latency_ms", lat,
-             what="operator request -> relay write seen by locksim (TCP), "
-                  "incl. durable commit")
-    emit("unlock_overhead_ms", None,
-         median=round(u["median"] - bare["median"], 3),
-         p99=round(u["p99"] - bare["p99"], 3), unit="ms",
-         what="unlock latency minus the bare one-way write, same run")
+    emit_unlock("tcp", samples, oneway, rtt, **machine)
+
+
+def bench_rtu(rounds):
+    """The same over RTU on locksim's pseudo-terminal, where the wire time
+    is zero: at the 115200 and 9600 Bd settings (a pty ignores the rate,
+    but lockerd keeps the 3.5-character silence of the configured one)."""
+    for baud in (115200, 9600):
+        oneway, rtt = bench_bare_write(200, rtu=True, baud=baud)
+        samples, machine = bench_unlock(rounds, rtu=True, baud=baud)
+        emit(f"modbus_rtu{baud}_write_oneway_ms", oneway,
+             what="bare libmodbus FC05 over RTU on a pty: call -> seen by locksim")
+        emit(f"modbus_rtu{baud}_write_rtt_ms", rtt,
+             what="bare libmodbus FC05 round trip over RTU on a pty")
+        wire = {f"8N1": rtu_wire_ms(baud, 10), "8E1": rtu_wire_ms(baud, 11)}
+        emit_unlock(f"rtu{baud}", samples, oneway, rtt, wire_time=wire, **machine,
+                    frames="FC05 write single coil: request 8 bytes (unit, fc, addr 2, "
+                           "value 2, CRC 2), reply 8 bytes (echo)")
 
 
 def emit_drain(n, res):
