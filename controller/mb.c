@@ -820,7 +820,7 @@ probe_read(struct worker *w, struct wboard *b, FILE *out,
 	const struct board_profile *p = &b->cfg->profile;
 	uint8_t bits[BOARD_INPUTS_MAX], door[BOARD_CHANNELS_MAX];
 	uint8_t item[BOARD_CHANNELS_MAX];
-	int64_t t0 = mono_us();
+	int64_t t0 = util_mono_us();
 	char msg[96];
 	int rc, ch;
 
@@ -838,7 +838,7 @@ probe_read(struct worker *w, struct wboard *b, FILE *out,
 	board_decode_inputs(p, bits, door, item);
 	fprintf(out, "inputs: FC02 %d from %d, answered in %lld ms\n",
 	    p->input_count, p->input_base,
-	    (long long)((mono_us() - t0) / 1000));
+	    (long long)((util_mono_us() - t0) / 1000));
 	fprintf(out, "  channel  door    item\n");
 	for (ch = 0; ch < p->channels; ch++)
 		fprintf(out, "  %7d  %-6s  %s%s\n", ch + 1,
@@ -855,13 +855,14 @@ probe_pulse(struct worker *w, struct wboard *b, int channel, FILE *out)
 {
 	const struct board_profile *p = &b->cfg->profile;
 	int coil = board_coil_addr(p, channel), rc;
+	int64_t sent;           /* write_flash's timing stamp; unused here */
 	char msg[96];
 
 	if (p->unlock == BOARD_UNLOCK_FLASH) {
 		fprintf(out, "pulse: channel %d, flash FC05 to %d value %d "
 		    "(%d ms)\n", channel, board_flash_addr(p, channel),
 		    board_flash_value(p), p->pulse_ms);
-		rc = write_flash(w, b, channel);
+		rc = write_flash(w, b, channel, &sent);
 	} else {
 		fprintf(out, "pulse: channel %d, coil %d on (FC05) for %d ms, "
 		    "then off\n", channel, coil, p->pulse_ms);
