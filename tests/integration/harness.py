@@ -38,6 +38,16 @@ class HarnessError(AssertionError):
     pass
 
 
+SAN_RSS_NOTE = ("RSS is not judged under ASan: freed memory waits in its quarantine "
+                "(256 MiB) and shadow memory grows with it; LeakSanitizer judges leaks "
+                "at exit instead, and `make test` judges RSS")
+
+
+def sanitized():
+    """True when the binaries under test are the sanitizer build."""
+    return "san" in os.path.basename(build_dir())
+
+
 def build_dir():
     d = os.environ.get("BUILD", "build")
     if not os.path.isabs(d):

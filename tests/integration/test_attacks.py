@@ -204,10 +204,12 @@ def test_nested_and_oversized_json_everywhere():
     print(f"hostile JSON: {len(refused)} lines in two rounds refused with a reason; "
           f"RSS {rss[0]} -> {rss[1]} after round 1 -> {rss[2]} KiB after round 2")
     # Each round sends over 4 MiB; a parser that kept any of it would show.
-    san = "san" in os.path.basename(harness.build_dir())
-    assert rss[1] - rss[0] < (65536 if san else 8192), f"RSS grew {rss[1] - rss[0]} KiB"
-    assert rss[2] - rss[1] < (65536 if san else 1024), \
-        f"RSS grew {rss[2] - rss[1]} KiB in the second round: the attack is not bounded"
+    if harness.sanitized():
+        print(harness.SAN_RSS_NOTE)
+    else:
+        assert rss[1] - rss[0] < 8192, f"RSS grew {rss[1] - rss[0]} KiB"
+        assert rss[2] - rss[1] < 1024, \
+            f"RSS grew {rss[2] - rss[1]} KiB in the second round: the attack is not bounded"
     assert lk.running()
 
 
@@ -303,7 +305,12 @@ def test_command_flood_is_refused_with_a_reason():
         alarms[0].get("rate") == 200, alarms
     assert len(alarms) <= 3, f"{len(alarms)} alarms for one flood"
     assert fds1 <= fds0 + 1, f"open files grew from {fds0} to {fds1}"
-    limit = 4096 if "san" not in os.path.basename(harness.build_dir()) else 65536
-    assert rss_peak - rss0 < limit, f"RSS grew by {rss_peak - rss0} KiB during the flood"
-    assert _p99(lat) < 250, f"keypad p99 {_p99(lat):.1f} ms during the flood"
+    if harness.sanitized():
+        print(harness.SAN_RSS_NOTE)
+    else:
+        assert rss_peak - rss0 < 4096, f"RSS grew by {rss_peak - rss0} KiB during the flood"
+    # Generous for a shared 2-core machine (and ASan's slowness): the
+    # figure is printed above.
+    assert _p99(lat) < (2000 if harness.sanitized() else 250), \
+        f"keypad p99 {_p99(lat):.1f} ms during the flood"
     assert lk.running()
