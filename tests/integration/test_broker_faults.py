@@ -176,15 +176,25 @@ def test_broker_slow_acks():
         time.sleep(0.3)
         check_delivered_only_when_acked(ledger, proxy)
 
-    # A 3 s stall inside a burst: nothing gets delivered while it lasts,
-    # though lockerd keeps publishing.
+    # A 3 s stall inside a burst: no PUBACK reaches lockerd while it lasts,
+    # though lockerd keeps publishing, and nothing is marked delivered but
+    # what was acknowledged before it began (lockerd may still be taking
+    # in the last acks that got through: under ASan that lags).
     wl.in_burst.wait(5)
     proxy.stall(3.0)
-    time.sleep(0.1)
+    time.sleep(0.05)                # a forward under way when it began
+    with proxy.lock:
+        acked0 = set(proxy.acked)
     d0 = ledger.delivered()
     time.sleep(1.5)
     d1 = ledger.delivered()
-    assert d1 == d0, f"events marked delivered during a stall of all acks: {sorted(d1 - d0)}"
+    with proxy.lock:
+        acked1 = set(proxy.acked)
+    assert acked1 == acked0, f"PUBACKs got through the stall: {sorted(acked1 - acked0)}"
+    assert d1 - d0 <= acked0, \
+        f"events marked delivered during a stall without their PUBACK: {sorted((d1 - d0) - acked0)}"
+    if d1 - d0:
+        print(f"stall: {len(d1 - d0)} events acked just before it were marked delivered in it")
     check_delivered_only_when_acked(ledger, proxy)
 
     # kill -9 in the stall (made longer, so that it outlasts the parking of

@@ -245,7 +245,7 @@ def test_fault_slow_beyond_timeout():
     request, a fresh TCP connection after a fault): once the board is fast
     again, board_recovered, no door event, no unlock_failed, and the code
     opens cell 1 at the first try."""
-    f = FaultFlow()
+    f = FaultFlow(extra={"bus sim": {"timeout_ms": 100}})      # the timeout under test
     r = f.reserve("A-F4001", "S")
     assert r["cell"] == 1, r
     seq0 = _fault_on(f, r, "slow 1 150", "A", ("no reply (timeout)", "invalid data"))

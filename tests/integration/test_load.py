@@ -179,7 +179,9 @@ def test_load_100_commands_a_second():
     else:
         assert rss1 - rss0 < 3072, f"RSS grew from {rss0} to {rss1} KiB"
     # Generous for a shared 2-core machine: the figure is printed above.
-    assert _pct(lat, 0.99) < (1000 if san else 250), \
+    # Under ASan (several times slower, on a VM whose host steals CPU) only
+    # a keypad that stalls for seconds fails.
+    assert _pct(lat, 0.99) < (5000 if san else 250), \
         f"keypad p99 {_pct(lat, 0.99):.1f} ms under load"
     harness.verify_ledger(lk)
 
