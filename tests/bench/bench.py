@@ -267,14 +267,6 @@ def proc_switches(pid):
     return total
 
 
-def proc_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def proc_mem_kib(pid):
     """VmRSS and its parts (anonymous: heap, stacks; file: code and data
     of the binary and the shared libraries, mostly shared with other
@@ -886,7 +878,7 @@ def bench_rtu(rounds):
              what="bare libmodbus FC05 over RTU on a pty: call -> seen by locksim")
         emit(f"modbus_rtu{baud}_write_rtt_ms", rtt,
              what="bare libmodbus FC05 round trip over RTU on a pty")
-        wire = {f"8N1": rtu_wire_ms(baud, 10), "8E1": rtu_wire_ms(baud, 11)}
+        wire = {"8N1": rtu_wire_ms(baud, 10), "8E1": rtu_wire_ms(baud, 11)}
         emit_unlock(f"rtu{baud}", samples, oneway, rtt, wire_time=wire, **machine,
                     frames="FC05 write single coil: request 8 bytes (unit, fc, addr 2, "
                            "value 2, CRC 2), reply 8 bytes (echo)")

@@ -1310,3 +1310,39 @@ def mqtt_extra(broker, **keys):
          "reconnect_min_ms": 100, "reconnect_max_ms": 1000}
     m.update(keys)
     return {"mqtt": m}
+
+
+
+def start_platform_stack(broker_conf="", sim_kwargs=None):
+    """A broker, the platform's client, locksim and a lockerd with the
+    keypad sections of custody_extra() linked to that broker; waits for
+    the started event and the birth. Returns (broker, plat, sim, lk)."""
+    broker = Mosquitto(conf=broker_conf)
+    plat = Platform(broker)
+    sim = Locksim(**(sim_kwargs or {}))
+    cfg = config(sim, extra=mqtt_extra(broker))
+    for sec, keys in custody_extra().items():
+        cfg.setdefault(sec, {}).update(keys)
+    lk = Lockerd(cfg)
+    lk.wait_event("started", timeout=5)
+    wait_for(lambda: plat.on("status"), 5, what="the birth")
+    return broker, plat, sim, lk
+
+
+def rss_kib(pid):
+    """A running process's resident memory (VmRSS), KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise HarnessError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def percentile(xs, p):
+    """The p-quantile (0..1) of xs by rank; NaN for none."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")

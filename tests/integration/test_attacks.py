@@ -18,22 +18,13 @@ import threading
 import time
 
 import harness
-from harness import (Lockerd, Locksim, Mosquitto, Platform, config, mqtt_extra, wait_for)
+from harness import Lockerd, Locksim, config, wait_for
 
 PIN = "246810"
 
 
-def _rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def _p99(xs):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+    return harness.percentile(xs, 0.99)
 
 
 def test_pin_guessing_is_throttled():
@@ -179,16 +170,8 @@ def test_nested_and_oversized_json_everywhere():
     over MQTT, the keypad socket and the control socket. Each line is
     refused with a reason, nothing runs, lockerd's memory does not grow
     with repeated attacks, and it keeps serving."""
-    broker = Mosquitto()
-    plat = Platform(broker)
-    sim = Locksim()
-    cfg = config(sim, extra=mqtt_extra(broker))
-    for sec, keys in harness.custody_extra().items():
-        cfg.setdefault(sec, {}).update(keys)
-    lk = Lockerd(cfg)
-    lk.wait_event("started", timeout=5)
-    wait_for(lambda: plat.on("status"), 5, what="the birth")
-    rss = [_rss_kib(lk.proc.pid)]
+    broker, plat, sim, lk = harness.start_platform_stack()
+    rss = [harness.rss_kib(lk.proc.pid)]
     seq0 = lk.last_seq()
     refused = []
     # Twice: the first round may leave the allocator's high-water mark
@@ -197,7 +180,7 @@ def test_nested_and_oversized_json_everywhere():
         _socket_attacks(harness.kiosk_path(lk), "keypad", refused)
         _socket_attacks(lk.socket_path, "control", refused)
         _mqtt_attacks(plat, lk, rnd, refused)
-        rss.append(_rss_kib(lk.proc.pid))
+        rss.append(harness.rss_kib(lk.proc.pid))
     assert not lk.find_events("dropoff_reserved", after=seq0), "a hostile command ran"
     for r in refused[:len(refused) // 2]:
         print("refused:", r)
@@ -219,20 +202,13 @@ def test_command_flood_is_refused_with_a_reason():
     a reply, the excess `busy` with retry_after_ms (never silence), one
     command_flood alarm, memory stays bounded, and the keypad answers
     throughout."""
-    broker = Mosquitto(conf="set_tcp_nodelay true\nmax_inflight_messages 100\n")
-    plat = Platform(broker)
-    sim = Locksim()
-    cfg = config(sim, extra=mqtt_extra(broker))
-    for sec, keys in harness.custody_extra().items():
-        cfg.setdefault(sec, {}).update(keys)
-    lk = Lockerd(cfg)
-    lk.wait_event("started", timeout=5)
-    wait_for(lambda: plat.on("status"), 5, what="the birth")
+    broker, plat, sim, lk = harness.start_platform_stack(
+        broker_conf="set_tcp_nodelay true\nmax_inflight_messages 100\n")
     pid = lk.proc.pid
     seq0 = lk.last_seq()
     kc = harness.kiosk(lk)
-    rss0 = _rss_kib(pid)
-    fds0 = len(os.listdir(f"/proc/{pid}/fd"))
+    rss0 = harness.rss_kib(pid)
+    fds0 = harness.open_fds(pid)
 
     stop = threading.Event()
     lat, errors = [], []
@@ -270,7 +246,7 @@ def test_command_flood_is_refused_with_a_reason():
         plat.c.publish(f"{plat.prefix}/cmd", json.dumps(c), qos=1)
         sent.append(rid)
         if i % 500 == 0:
-            rss_peak = max(rss_peak, _rss_kib(pid))
+            rss_peak = max(rss_peak, harness.rss_kib(pid))
     took = time.monotonic() - t0
 
     def got():
@@ -284,8 +260,8 @@ def test_command_flood_is_refused_with_a_reason():
     busy = [r for r in replies.values() if r.get("error") == "busy"]
     ok = [r for r in replies.values() if r.get("ok") is True or r.get("error") == "refused"]
     other = [r for r in replies.values() if r not in busy and r not in ok]
-    rss1 = _rss_kib(pid)
-    fds1 = len(os.listdir(f"/proc/{pid}/fd"))
+    rss1 = harness.rss_kib(pid)
+    fds1 = harness.open_fds(pid)
     alarms = lk.find_events("command_flood", after=seq0)
     print(f"flood: {len(sent)} commands in {took:.1f} s ({len(sent) / took:.0f}/s): "
           f"{len(ok)} run, {len(busy)} busy, {len(other)} other; "

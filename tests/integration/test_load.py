@@ -17,7 +17,7 @@ import threading
 import time
 
 import harness
-from harness import (Lockerd, Locksim, Mosquitto, Platform, config, mqtt_extra, wait_for)
+from harness import wait_for
 
 SOAK = os.environ.get("SOAK") == "1"
 LOAD_S = float(os.environ.get("LOAD_S") or (300 if SOAK else 30))
@@ -25,33 +25,9 @@ RATE = 100
 STAFF, PIN = "loader", "135790"
 
 
-def _rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def _fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
-
-
 def test_load_100_commands_a_second():
-    broker = Mosquitto(conf="set_tcp_nodelay true\n")
-    plat = Platform(broker)
-    sim = Locksim(auto=True)
-    cfg = config(sim, extra=mqtt_extra(broker))
-    for sec, keys in harness.custody_extra().items():
-        cfg.setdefault(sec, {}).update(keys)
-    lk = Lockerd(cfg)
-    lk.wait_event("started", timeout=5)
-    wait_for(lambda: plat.on("status"), 5, what="the birth")
+    broker, plat, sim, lk = harness.start_platform_stack(
+        broker_conf="set_tcp_nodelay true\n", sim_kwargs={"auto": True})
     harness.add_staff(lk, STAFF, PIN)
     pid = lk.proc.pid
 
@@ -114,7 +90,7 @@ def test_load_100_commands_a_second():
         if d > 0:
             time.sleep(d)
         if rss0 is None and time.monotonic() - t0 >= 3:
-            rss0, fds0 = _rss_kib(pid), _fds(pid)     # after the warm-up
+            rss0, fds0 = harness.rss_kib(pid), harness.open_fds(pid)     # after the warm-up
         rid = f"load-{i}"
         k = i % 50
         c = {"request_id": rid, "exp": int(time.time() * 1000) + 60000}
@@ -146,7 +122,7 @@ def test_load_100_commands_a_second():
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    rss1, fds1 = _rss_kib(pid), _fds(pid)
+    rss1, fds1 = harness.rss_kib(pid), harness.open_fds(pid)
     got = replies()
     busy = [r for r in got.values() if r.get("error") == "busy"]
     failed = [r for r in got.values() if r.get("ok") is not True and
@@ -157,7 +133,7 @@ def test_load_100_commands_a_second():
     seqs = sorted({e["seq"] for e in evs})
     print(f"load: {len(sent)} commands in {took:.1f} s ({len(sent) / took:.0f}/s), "
           f"{len(got)} replies, {len(busy)} busy, {reserved} reservations; keypad "
-          f"{len(lat)} requests p50 {_pct(lat, 0.5):.1f} ms p99 {_pct(lat, 0.99):.1f} ms "
+          f"{len(lat)} requests p50 {harness.percentile(lat, 0.5):.1f} ms p99 {harness.percentile(lat, 0.99):.1f} ms "
           f"max {max(lat):.1f} ms; {counts}; RSS {rss0} -> {rss1} KiB; fds {fds0} -> {fds1}; "
           f"events 1..{last} all on MQTT")
     assert not errors, errors[:3]
@@ -181,8 +157,8 @@ def test_load_100_commands_a_second():
     # Generous for a shared 2-core machine: the figure is printed above.
     # Under ASan (several times slower, on a VM whose host steals CPU) only
     # a keypad that stalls for seconds fails.
-    assert _pct(lat, 0.99) < (5000 if san else 250), \
-        f"keypad p99 {_pct(lat, 0.99):.1f} ms under load"
+    assert harness.percentile(lat, 0.99) < (5000 if san else 250), \
+        f"keypad p99 {harness.percentile(lat, 0.99):.1f} ms under load"
     harness.verify_ledger(lk)
 
 
