@@ -285,8 +285,9 @@ def test_command_flood_is_refused_with_a_reason():
         print(harness.SAN_RSS_NOTE)
     else:
         assert rss_peak - rss0 < 4096, f"RSS grew by {rss_peak - rss0} KiB during the flood"
-    # Generous for a shared 2-core machine (and ASan's slowness): the
-    # figure is printed above.
-    assert _p99(lat) < (2000 if harness.sanitized() else 250), \
+    # A stall detector, not a speed goal (make bench has those), for a
+    # shared 2-core VM whose host steals CPU and for ASan: the figure is
+    # printed above.
+    assert _p99(lat) < (2000 if harness.sanitized() else 1000), \
         f"keypad p99 {_p99(lat):.1f} ms during the flood"
     assert lk.running()
