@@ -549,12 +549,16 @@ execute(struct lockerd *d, const struct cmd *c)
  * ([mqtt] command_rate a second, command_burst at once). Without one the
  * command is answered "busy" with the wait, and not run or recorded: the
  * platform sends it again, under the same request id, after that wait.
+ * The bucket is charged at the command's arrival (at, stamped by the
+ * network thread), not when the loop gets to it: the limit is on what
+ * the platform sends, and a loop that was held up (a slow disk, a stolen
+ * CPU) and then works off its queue at once is no flood.
  * Returns 1 when the command may run.
  */
 static int
-admit(struct lockerd *d, const struct cmd *c)
+admit(struct lockerd *d, const struct cmd *c, int64_t at)
 {
-	int64_t now = util_mono_ms(), wait;
+	int64_t now = at, wait;
 	json_t *res, *x;
 	char *text;
 
@@ -587,7 +591,7 @@ admit(struct lockerd *d, const struct cmd *c)
 }
 
 static void
-command(struct lockerd *d, const char *payload, size_t len)
+command(struct lockerd *d, const char *payload, size_t len, int64_t at)
 {
 	char field[48], why[160], state[16], *stored = NULL, *text;
 	struct cmd c;
@@ -605,7 +609,7 @@ command(struct lockerd *d, const char *payload, size_t len)
 		cmd_free(&c);
 		return;
 	}
-	if (!admit(d, &c))
+	if (!admit(d, &c, at))
 		goto out;
 	/* Once only: a repeat gets the stored reply, an unknown outcome is
 	 * said so and never run again. */
@@ -691,7 +695,7 @@ link_dispatch(struct lockerd *d)
 			acked(d, reps[i].mid);
 			break;
 		case PLATFORM_MESSAGE:
-			command(d, reps[i].payload, reps[i].len);
+			command(d, reps[i].payload, reps[i].len, reps[i].at);
 			free(reps[i].topic);
 			free(reps[i].payload);
 			break;

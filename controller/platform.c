@@ -184,6 +184,7 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 	}
 	memset(&r, 0, sizeof(r));
 	r.type = PLATFORM_MESSAGE;
+	r.at = util_mono_ms();
 	r.len = len;
 	r.topic = strdup(msg->topic);
 	r.payload = malloc(r.len + 1);

@@ -26,6 +26,7 @@ struct platform_rep {
 	char *topic;            /* MESSAGE: malloc'ed, caller frees */
 	char *payload;          /* MESSAGE: malloc'ed, NUL-terminated */
 	size_t len;
+	int64_t at;             /* MESSAGE: util_mono_ms() on arrival */
 	char error[96];         /* DISCONNECTED: why */
 };
 

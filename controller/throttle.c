@@ -3,7 +3,11 @@
  */
 #include "throttle.h"
 
-/* A full bucket again means the episode is over: the next one alarms. */
+/*
+ * A full bucket again means the episode is over: the next one alarms.
+ * Time never runs back: a stamp older than the last one (a command that
+ * arrived before a reload was charged, link.c) refills nothing.
+ */
 static void
 refill(struct throttle *t, int64_t now)
 {
@@ -13,8 +17,8 @@ refill(struct throttle *t, int64_t now)
 			t->tokens = t->burst;
 			t->alarmed = 0;
 		}
+		t->at = now;
 	}
-	t->at = now;
 }
 
 void

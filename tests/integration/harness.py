@@ -1245,6 +1245,7 @@ class Platform:
         self.prefix = f"{prefix}/{locker}"
         self.lock = __import__("threading").Lock()
         self.messages = []          # (topic, payload dict or text, retained)
+        self.received_at = []       # time.monotonic() of each, in step
         self.c = mqtt.Client(client_id=client_id or f"platform-{os.getpid()}-{id(self)}",
                              clean_session=False)
         self.c.on_connect = self._on_connect
@@ -1264,6 +1265,7 @@ class Platform:
             body = msg.payload.decode(errors="replace")
         with self.lock:
             self.messages.append((msg.topic, body, bool(msg.retain)))
+            self.received_at.append(time.monotonic())
             # For the contract test: everything any test's platform saw.
             cap = os.path.join(build_dir(), "contract", "messages.jsonl")
             if os.path.isdir(os.path.dirname(cap)):
@@ -1280,6 +1282,13 @@ class Platform:
         t = f"{self.prefix}/{sub}"
         with self.lock:
             return [(b, r) for (tp, b, r) in self.messages if tp == t]
+
+    def on_timed(self, sub):
+        """(body, time.monotonic() when it arrived) for each message."""
+        t = f"{self.prefix}/{sub}"
+        with self.lock:
+            return [(b, at) for (tp, b, _), at in zip(self.messages, self.received_at)
+                    if tp == t]
 
     def events(self):
         """Events seen, de-duplicated by seq (first copy kept), in

@@ -274,9 +274,16 @@ def test_command_flood_is_refused_with_a_reason():
     assert busy, "a flood at 10x the rate limit got no busy reply"
     assert all(isinstance(r.get("retry_after_ms"), int) and r["retry_after_ms"] >= 1 and
                r.get("reason") for r in busy), busy[:3]
-    # 200 at once and 200 a second: over ~5 s about 1,200 run; the rest
-    # is refused. Generous bounds for a loaded machine.
-    assert len(ok) <= 200 + 200 * (took + 2), f"{len(ok)} commands ran: the limit did not hold"
+    # 200 at once and 200 a second, charged at each command's arrival at
+    # lockerd. The publisher's client and the broker hand the flood on
+    # over longer than the ~5 s it took to publish, and every command
+    # arrived before its reply did: the window is from the first publish
+    # to the last command that ran's reply (+1 for lockerd's whole ms).
+    window = max(at for b, at in plat.on_timed("reply")
+                 if isinstance(b, dict) and b.get("request_id") in {r["request_id"] for r in ok}) - t0
+    print(f"flood: the commands that ran arrived within {window:.1f} s: "
+          f"at most {200 + 200 * window + 1:.0f} may run")
+    assert len(ok) <= 200 + 200 * window + 1, f"{len(ok)} commands ran: the limit did not hold"
     assert len(alarms) >= 1 and alarms[0].get("alarm") is True and \
         alarms[0].get("rate") == 200, alarms
     assert len(alarms) <= 3, f"{len(alarms)} alarms for one flood"
