@@ -117,10 +117,66 @@ signal_dispatch(struct lockerd *d, int fd)
 	return 0;
 }
 
+/*
+ * A loop turn that keeps the keypad and the boards waiting is logged with
+ * where the time went, so that a stall on a slow disk or a starved CPU
+ * can be told from a bug. Once per minute at most.
+ */
+#define TURN_SLOW_MS 500
+enum { TURN_BOARDS, TURN_PLATFORM, TURN_CONTROL, TURN_KEYPAD, TURN_TIMERS,
+	TURN_PARTS };
+static const char *const turn_names[TURN_PARTS] = {
+	"boards", "platform", "control socket", "keypad", "timers"
+};
+
+struct turn {
+	int64_t start, at, ms[TURN_PARTS];
+	int64_t logged;
+	long slow;
+};
+
+static void
+turn_start(struct turn *t)
+{
+	t->start = t->at = util_mono_ms();
+}
+
+static void
+turn_mark(struct turn *t, int part)
+{
+	int64_t now = util_mono_ms();
+
+	t->ms[part] = now - t->at;
+	t->at = now;
+}
+
+static void
+turn_end(struct turn *t)
+{
+	int64_t took = t->at - t->start;
+	char parts[160];
+	size_t off = 0;
+	int i;
+
+	if (took < TURN_SLOW_MS)
+		return;
+	t->slow++;
+	if (t->logged != 0 && t->at - t->logged < 60000)
+		return;
+	t->logged = t->at;
+	for (i = 0; i < TURN_PARTS && off < sizeof(parts); i++)
+		off += (size_t)snprintf(parts + off, sizeof(parts) - off,
+		    "%s%s %lld ms", i ? ", " : "", turn_names[i],
+		    (long long)t->ms[i]);
+	log_warn("a loop turn took %lld ms (%s); %ld such turns so far",
+	    (long long)took, parts, t->slow);
+}
+
 static int
 run(struct lockerd *d, int sigfd)
 {
 	struct pollfd pfd[PFD_MAX];
+	struct turn turn = { 0 };
 	int64_t next, now, t, wall;
 	int n, nctl, nkiosk, timeout;
 
@@ -162,15 +218,22 @@ run(struct lockerd *d, int sigfd)
 		if ((pfd[PFD_SIGNAL].revents & POLLIN) &&
 		    signal_dispatch(d, sigfd))
 			return 0;
+		turn_start(&turn);
 		if (pfd[PFD_MB].revents & POLLIN)
 			lockerd_mb_dispatch(d);
+		turn_mark(&turn, TURN_BOARDS);
 		if (pfd[PFD_LINK].revents & POLLIN)
 			link_dispatch(d);
+		turn_mark(&turn, TURN_PLATFORM);
 		if (nctl)
 			jsonl_dispatch(d->ctl, &pfd[PFD_CTL], nctl);
+		turn_mark(&turn, TURN_CONTROL);
 		if (nkiosk)
 			jsonl_dispatch(d->kiosk, &pfd[PFD_CTL + nctl], nkiosk);
+		turn_mark(&turn, TURN_KEYPAD);
 		lockerd_tick(d);
+		turn_mark(&turn, TURN_TIMERS);
+		turn_end(&turn);
 	}
 }
 
