@@ -192,7 +192,11 @@ test: deps
 check: deps
 	@$(MAKE) --no-print-directory BUILD=build-san SAN=1 _test
 
-_test: $(BINS) $(UNIT_TESTS)
+# A slow disk for test_load (LD_PRELOAD; plain, also for SAN=1 runs).
+$(BUILD)/libslowsync.so: tests/integration/slowsync.c
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 -shared -fPIC -o $@ $< -ldl
+
+_test: $(BINS) $(UNIT_TESTS) $(BUILD)/libslowsync.so
 	@$(PYTHON) tests/run.py --build $(BUILD) $(UNIT_TESTS)
 
 unit: $(UNIT_TESTS)

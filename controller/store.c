@@ -36,6 +36,7 @@ enum {
 	ST_EVENT_STAFF, ST_STAFF_LAST,
 	ST_OUTBOX, ST_DELIVERED, ST_UNDELIVERED,
 	ST_CMD_GET, ST_CMD_START, ST_CMD_DONE, ST_NONCE_ADD, ST_NONCE_PRUNE,
+	ST_SYNC_NORMAL, ST_SYNC_FULL,
 	ST_COUNT
 };
 
@@ -91,6 +92,8 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_CMD_DONE] =
 	    "UPDATE commands SET state = 'done', reply = ?2 "
 	    "WHERE request_id = ?1",
+	[ST_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
+	[ST_SYNC_FULL] = "PRAGMA synchronous = FULL",
 	[ST_NONCE_ADD] =
 	    "INSERT INTO nonces (nonce, at) VALUES (?1, ?2) "
 	    "ON CONFLICT (nonce) DO NOTHING",
@@ -110,6 +113,7 @@ struct store {
 	sqlite3_stmt *st[ST_COUNT];
 	int64_t next_seq;
 	int in_tx;
+	int lazy;               /* synchronous = NORMAL just now */
 	char path[4096];
 	dev_t dev;           /* the file opened, to notice it go or change */
 	ino_t ino;
@@ -386,6 +390,12 @@ step_events(struct store *s, int which, const char *what, store_event_fn fn,
 int
 store_begin(struct store *s)
 {
+	/* Every transaction but a command's start row waits for the disk. */
+	if (s->lazy) {
+		if (step_done(s, ST_SYNC_FULL) == -1)
+			return -1;
+		s->lazy = 0;
+	}
 	if (step_done(s, ST_BEGIN) == -1)
 		return -1;
 	s->in_tx = 1;
@@ -787,17 +797,28 @@ int
 store_cmd_start(struct store *s, const char *request_id, const char *op)
 {
 	sqlite3_stmt *st = s->st[ST_CMD_START];
+	int rc = -1;
 
-	if (store_begin(s) == -1)
+	/* This one commit does not wait for the disk (store.h). SQLite sets
+	 * the level outside a transaction only; should FULL fail to come
+	 * back here, the next store_begin() sets it before anything else is
+	 * written. */
+	if (step_done(s, ST_SYNC_NORMAL) == -1)
 		return -1;
-	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 2, op, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 3, util_wall_ms());
-	if (step_done(s, ST_CMD_START) == -1) {
-		store_rollback(s);
-		return -1;
+	s->lazy = 1;
+	if (step_done(s, ST_BEGIN) == 0) {
+		s->in_tx = 1;
+		sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 2, op, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(st, 3, util_wall_ms());
+		if (step_done(s, ST_CMD_START) == -1)
+			store_rollback(s);
+		else
+			rc = store_commit(s);
 	}
-	return store_commit(s);
+	if (step_done(s, ST_SYNC_FULL) == 0)
+		s->lazy = 0;
+	return rc;
 }
 
 int

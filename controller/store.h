@@ -92,9 +92,19 @@ int store_undelivered(struct store *s, int64_t *first, int64_t *count);
  */
 int store_cmd_get(struct store *s, const char *request_id, char *state,
     size_t statelen, char **reply);
-/* Records that a command starts (own transaction, before it runs). */
+/*
+ * Records that a command starts (own transaction, before it runs). This
+ * one commit does not wait for the disk (synchronous = NORMAL): the WAL
+ * is written in order, so whatever durable commit comes next (the
+ * command's own change, before any door moves; its reply row, before the
+ * reply is sent) takes the start row to the disk first. A power cut
+ * before that loses the row together with a command that had changed
+ * nothing durable yet, and a repeat runs it. It saves one fsync per
+ * command, which a loaded locker on an SD card or eMMC needs.
+ */
 int store_cmd_start(struct store *s, const char *request_id, const char *op);
-/* Its reply (no transaction of its own). */
+/* Its reply (no transaction of its own; link.c writes a loop turn's
+ * replies in one transaction). */
 int store_cmd_done(struct store *s, const char *request_id, const char *reply);
 /*
  * A signed command's nonce: 0 if never seen (now recorded), 1 if seen,

@@ -1322,17 +1322,22 @@ def mqtt_extra(broker, **keys):
 
 
 
-def start_platform_stack(broker_conf="", sim_kwargs=None):
+def start_platform_stack(broker_conf="", sim_kwargs=None, lockerd_env=None):
     """A broker, the platform's client, locksim and a lockerd with the
     keypad sections of custody_extra() linked to that broker; waits for
-    the started event and the birth. Returns (broker, plat, sim, lk)."""
+    the started event and the birth. lockerd_env is added to lockerd's
+    environment. Returns (broker, plat, sim, lk)."""
     broker = Mosquitto(conf=broker_conf)
     plat = Platform(broker)
     sim = Locksim(**(sim_kwargs or {}))
     cfg = config(sim, extra=mqtt_extra(broker))
     for sec, keys in custody_extra().items():
         cfg.setdefault(sec, {}).update(keys)
-    lk = Lockerd(cfg)
+    env = None
+    if lockerd_env:
+        env = daemon_env()
+        env.update(lockerd_env)
+    lk = Lockerd(cfg, env=env)
     lk.wait_event("started", timeout=5)
     wait_for(lambda: plat.on("status"), 5, what="the birth")
     return broker, plat, sim, lk
