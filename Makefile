@@ -178,9 +178,10 @@ $(BUILD)/test_cmd: $(call obj,tests/unit/test_cmd.c proto/cmd.c)
 $(BUILD)/test_guessing: $(call obj,tests/unit/test_guessing.c controller/throttle.c controller/resv.c controller/bank.c controller/codes.c controller/log.c controller/util.c)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
-# The whole controller with the boards faked at the mb_* interface (the
-# test defines them), over a fault-injecting SQLite VFS.
-$(BUILD)/test_powerloss: $(call obj,tests/unit/test_powerloss.c $(filter-out controller/mb.c,$(CORE_SRC))) $(PROTO_OBJ)
+# The whole controller with the boards and the MQTT client faked at the
+# mb_* and platform_* interfaces (the test defines them), over a
+# fault-injecting SQLite VFS.
+$(BUILD)/test_powerloss: $(call obj,tests/unit/test_powerloss.c $(filter-out controller/mb.c controller/platform.c,$(CORE_SRC))) $(PROTO_OBJ)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
 # The test targets install what they need first, then re-enter make so that

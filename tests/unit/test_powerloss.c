@@ -5,6 +5,11 @@
  * lockerd's own commit path (boards faked at the mb_* interface) and loses
  * power at the K-th write, truncate or sync, keeping a random part of what
  * was not yet synced. The parent checks what a restart finds, for every K.
+ * Platform commands come in through link.c's own path (the MQTT client
+ * faked at the platform_* interface): a command whose reply went out is
+ * found done, and one whose effect survived is found at least started, so
+ * that a repeat never runs it again (the start row is committed without a
+ * flush of its own, store.h).
  *
  * The disk, as SQLite's documents assume it (atomiccommit.html, psow.html):
  *  - what a sync covered survives;
@@ -61,6 +66,7 @@
 #include "ledger.h"
 #include "lockerd.h"
 #include "log.h"
+#include "platform.h"
 #include "util.h"
 
 /* The child's exit status when it lost power as planned. */
@@ -913,6 +919,101 @@ fb_inputs(int board)
 
 /* ---- The locker under test --------------------------------------------- */
 
+/* ---- The platform link, faked at the platform_* interface -------------- */
+
+struct platform {
+	int unused;
+};
+
+static struct platform fp_link;
+static struct platform_rep fp_queue[8];
+static int fp_nq;
+static int fp_replies;          /* replies published by this step */
+static void fp_replied(const char *payload);
+
+struct platform *
+platform_start(const struct config_mqtt *c, const char *locker,
+    const char *will, char *err, size_t errlen)
+{
+	(void)c;
+	(void)locker;
+	(void)will;
+	(void)err;
+	(void)errlen;
+	return &fp_link;
+}
+
+void
+platform_stop(struct platform *p, const char *final_status)
+{
+	(void)p;
+	(void)final_status;
+}
+
+int
+platform_fd(const struct platform *p)
+{
+	(void)p;
+	return -1;
+}
+
+int
+platform_drain(struct platform *p, struct platform_rep *out, int max)
+{
+	int n = fp_nq < max ? fp_nq : max;
+
+	(void)p;
+	memcpy(out, fp_queue, (size_t)n * sizeof(*out));
+	memmove(fp_queue, fp_queue + n, (size_t)(fp_nq - n) *
+	    sizeof(*fp_queue));
+	fp_nq -= n;
+	return n;
+}
+
+/* Never connected: only replies go out (link.c sends them regardless). */
+int
+platform_publish(struct platform *p, const char *sub, const char *payload,
+    int qos, int retain, int *mid)
+{
+	(void)p;
+	(void)qos;
+	(void)retain;
+	*mid = 0;
+	if (strcmp(sub, "reply") != 0)
+		return -1;
+	fp_replied(payload);
+	return 0;
+}
+
+/* A platform command (its fields but the request id and the expiry) as
+ * the MQTT thread hands it to the loop. */
+static int
+fp_command(const char *fields, const char *request_id)
+{
+	struct platform_rep *r = &fp_queue[fp_nq];
+	char text[256];
+	int n;
+
+	n = snprintf(text, sizeof(text), "{%s,\"request_id\":\"%s\","
+	    "\"exp\":%lld}", fields, request_id,
+	    (long long)util_wall_ms() + 3600000);
+	if (fp_nq == 8 || n < 0 || (size_t)n >= sizeof(text))
+		return -1;
+	memset(r, 0, sizeof(*r));
+	r->type = PLATFORM_MESSAGE;
+	r->topic = strdup("lockers/x/cmd");
+	r->payload = strdup(text);
+	r->len = (size_t)n;
+	r->at = util_mono_ms();
+	if (r->topic == NULL || r->payload == NULL) {
+		free(r->topic);
+		free(r->payload);
+		return -1;
+	}
+	fp_nq++;
+	return 0;
+}
+
 static const uint8_t sign_seed[crypto_sign_SEEDBYTES] =
     "test_powerloss: fixed sign seed";
 static const uint8_t hash_key[32] = "test_powerloss: fixed code key";
@@ -984,6 +1085,8 @@ make_dir(void)
 	cfg.timing.unlock_confirm_ms = 600000;
 	/* Refused codes are the point here, not the throttle. */
 	cfg.kiosk.code_burst = 1000;
+	/* The platform link, to the fake above. */
+	util_strlcpy(cfg.mqtt.host, "platform.invalid", sizeof(cfg.mqtt.host));
 	/* The least work Argon2id allows, so log-ins are cheap. */
 	return crypto_pwhash_str_alg(pin_hash, "123456", 6,
 	    crypto_pwhash_OPSLIMIT_MIN, crypto_pwhash_MEMLIMIT_MIN,
@@ -1028,7 +1131,7 @@ boot(void)
 	memset(fb_pulsed, 0, sizeof(fb_pulsed));
 	fb_nq = 0;
 	d.cfg = cfg;
-	if (lockerd_start_offline(&d) == -1)
+	if (lockerd_start_offline(&d) == -1 || link_start(&d) == -1)
 		return -1;
 	for (b = 0; b < d.cfg.nboards; b++)
 		fb_inputs(b);
@@ -1117,6 +1220,7 @@ enum act {
 	ACT_BOOT, ACT_STAFF_ADD, ACT_STAFF_REVOKE, ACT_RESERVE, ACT_CODE,
 	ACT_OPEN, ACT_CLOSE, ACT_CANCEL, ACT_REISSUE, ACT_LOGIN, ACT_LOGOUT,
 	ACT_LOAD, ACT_TAKE_CODES, ACT_RETRIEVE, ACT_OPERATOR_OPEN, ACT_SERVICE,
+	ACT_COMMANDS,
 };
 
 struct step {
@@ -1164,6 +1268,7 @@ static const struct step steps[] = {
 	{ ACT_OPEN, -1, "24" },
 	{ ACT_CLOSE, -1, "24" },
 	{ ACT_SERVICE, -1, "23" },
+	{ ACT_COMMANDS, -1, "1" },
 	{ ACT_CODE, R_A5, NULL },
 	{ ACT_OPEN, R_A5, NULL },
 	{ ACT_CLOSE, R_A5, NULL },
@@ -1173,6 +1278,7 @@ static const struct step steps[] = {
 	{ ACT_LOGOUT, -1, NULL },
 	{ ACT_TAKE_CODES, -1, NULL },
 	{ ACT_RESERVE, R_A7, "S" },
+	{ ACT_COMMANDS, -1, "2" },
 	{ ACT_REISSUE, R_A6, NULL },
 };
 
@@ -1341,6 +1447,51 @@ rep_begin(int i, const struct step *s)
 	rep("\n");
 }
 
+/*
+ * Platform commands through link.c, one loop turn each: batch 1 takes cell
+ * 22 out of service (svc-1) beside a ping and a state; batch 2 repeats
+ * svc-1 (its stored reply, not run again), puts the cell back (svc-2) and
+ * pings. Each reply is reported the moment it is published.
+ */
+static void
+fp_replied(const char *payload)
+{
+	json_t *o = json_loads(payload, 0, NULL);
+	const char *id = json_string_value(json_object_get(o, "request_id"));
+
+	rep("reply %s\n", id != NULL ? id : "?");
+	rep_flush();
+	fp_replies++;
+	json_decref(o);
+}
+
+static int
+platform_batch(int k)
+{
+	static const char out[] = "\"op\":\"service\",\"cell\":22,"
+	    "\"in\":false";
+	static const char in[] = "\"op\":\"service\",\"cell\":22,"
+	    "\"in\":true";
+	static const char ping[] = "\"op\":\"ping\"";
+	static const char state[] = "\"op\":\"state\"";
+	int n, rc;
+
+	fp_replies = 0;
+	if (k == 1) {
+		n = 3;
+		rc = fp_command(out, "svc-1") | fp_command(ping, "ping-1") |
+		    fp_command(state, "state-1");
+	} else {
+		n = 3;
+		rc = fp_command(out, "svc-1") | fp_command(in, "svc-2") |
+		    fp_command(ping, "ping-2");
+	}
+	if (rc != 0)
+		return -1;
+	link_dispatch(&d);
+	return fp_replies == n ? 0 : -1;
+}
+
 static int
 run_step(const struct step *s)
 {
@@ -1434,6 +1585,8 @@ run_step(const struct step *s)
 		    "service", "cell", atoi(s->arg), "in", 0));
 		ok = reply_ok(reply);
 		break;
+	case ACT_COMMANDS:
+		return platform_batch(atoi(s->arg));
 	}
 	json_decref(reply);
 	return ok ? 0 : -1;
@@ -1498,6 +1651,8 @@ struct expect {
 	int staff_unsure[2];
 	int nstaff;
 	int done;                   /* steps acknowledged */
+	char replied[8][16];        /* platform commands answered */
+	int nreplied;
 	int loss[5];                /* unsynced, landed, torn, grown, names */
 	int64_t ops;                /* the child's operation count, if known */
 	char inflight[128];         /* the begin line of the cut step */
@@ -1560,6 +1715,10 @@ parse_line(struct expect *e, char *line)
 		pc->cell = cell;
 		pc->state = strcmp(c, "live") == 0 ? C_LIVE :
 		    strcmp(c, "grace") == 0 ? C_GRACE : C_DEAD;
+	} else if (sscanf(line, "reply %15s", a) == 1) {
+		if (e->nreplied == 8)
+			return -1;
+		util_strlcpy(e->replied[e->nreplied++], a, 16);
 	} else if (sscanf(line, "resv %lld", &seq) == 1) {
 		if (e->nresv == 32)
 			return -1;
@@ -1736,6 +1895,66 @@ query_text(sqlite3 *db, const char *sql, int64_t arg, char *out, size_t len)
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* A platform command's state in the command log ("" if no row). */
+static int
+command_state(sqlite3 *db, const char *request_id, char *out, size_t len)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	out[0] = '\0';
+	if (sqlite3_prepare_v2(db, "SELECT state FROM commands WHERE "
+	    "request_id = ?1", -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW &&
+	    sqlite3_column_text(st, 0) != NULL)
+		util_strlcpy(out, (const char *)sqlite3_column_text(st, 0), len);
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+/*
+ * The command log: a command that was answered is done; a command whose
+ * effect (cell 22's service change, svc-1 then svc-2) survived has its
+ * row, so that the platform's repeat is not run again; and none ran twice.
+ */
+static int
+check_commands(sqlite3 *db, struct expect *e)
+{
+	char text[32], id[16];
+	int i, n;
+
+	/* Cut before the schema was in place: nothing was answered. */
+	if (query_text(db, "SELECT count(*) FROM sqlite_master WHERE name = "
+	    "'commands' AND ?1", 1, text, sizeof(text)) == 0 &&
+	    strcmp(text, "0") == 0)
+		return e->nreplied == 0 ? 0 : fail_at(e, "the command log is "
+		    "gone, %d commands were answered", e->nreplied);
+	for (i = 0; i < e->nreplied; i++)
+		if (command_state(db, e->replied[i], text, sizeof(text)) ==
+		    -1 || strcmp(text, "done") != 0)
+			return fail_at(e, "command %s was answered, but its "
+			    "row is %s", e->replied[i], text[0] ? text : "lost");
+	if (query_text(db, "SELECT count(*) FROM events WHERE "
+	    "json_extract(body, '$.type') = 'cell_service' AND "
+	    "json_extract(body, '$.cell') = ?1", 22, text,
+	    sizeof(text)) == -1)
+		return fail_at(e, "cannot count cell 22's service changes");
+	if ((n = atoi(text)) > 2)
+		return fail_at(e, "cell 22's service changed %d times: a "
+		    "command ran twice", n);
+	for (i = 1; i <= n; i++) {
+		snprintf(id, sizeof(id), "svc-%d", i);
+		if (command_state(db, id, text, sizeof(text)) == -1 ||
+		    text[0] == '\0')
+			return fail_at(e, "the change of %s survived, its "
+			    "command row did not: a repeat would run it "
+			    "again", id);
+	}
+	return 0;
+}
+
 /* The files as the power left them, before lockerd touches them. */
 static int
 check_files(struct expect *e, struct ledger_verify *v)
@@ -1788,6 +2007,8 @@ check_files(struct expect *e, struct ledger_verify *v)
 			    (long long)e->resv[i]);
 			goto out;
 		}
+	if (check_commands(db, e) == -1)
+		goto out;
 	rc = 0;
 out:
 	sqlite3_close(db);
