@@ -62,9 +62,10 @@ comparison alike. Figures:
                         lockers/<id>/cmd -> the reply with its request_id
                         received on .../reply, through the broker both ways
                         and the platform's paho client. Contains three
-                        durable commits (the commands row started, the
+                        commits, two of them flushed: the commands row
+                        started (no flush of its own, store.h), the
                         reservation with its signed events, the reply
-                        stored). Each reservation is then cancelled
+                        stored. Each reservation is then cancelled
                         (untimed) and its events let through. Median and
                         p99 of BENCH_RESERVE_N (default 200) samples; the
                         same op on the control socket is given alongside.
@@ -789,8 +790,8 @@ def main():
         emit("reserve_rtt_ms", rtt,
              what="reserve command published on lockers/<id>/cmd -> its reply "
                   "received on .../reply (broker both ways, paho client); incl. "
-                  "3 durable commits: command started, reservation + events, "
-                  "reply stored",
+                  "3 commits, 2 flushed: command started (unflushed), "
+                  "reservation + events, reply stored",
              ctl_reserve_median_ms=round(statistics.median(local), 3),
              ctl_reserve_p99_ms=round(pct(local, 99), 3))
 
