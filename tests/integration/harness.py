@@ -20,6 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Markers that a sanitizer found something; any of them fails the test.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 
+# The control socket's "events" op answers at most this many (ctl.c).
+CTL_EVENTS_PAGE = 200
+
 SAN_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
@@ -665,8 +668,16 @@ class Lockerd:
         return r
 
     def events(self, after=0):
-        r = self.ctl_ok({"op": "events", "after": after})
-        return r["events"]
+        """Every ledger event with seq > after. The control socket gives
+        them CTL_EVENTS_PAGE at a time; one page alone made last_seq()
+        stop at 200 and the load test check only the first 200 events."""
+        out = []
+        while True:
+            page = self.ctl_ok({"op": "events", "after": after})["events"]
+            out.extend(page)
+            if len(page) < CTL_EVENTS_PAGE:
+                return out
+            after = page[-1]["seq"]
 
     def last_seq(self):
         ev = self.events()
