@@ -865,16 +865,24 @@ mb_fd(const struct mb *m)
 	return -1;
 }
 
+/* A fake's report queue: takes up to max of its *nq items of size. */
+static int
+fake_take(void *queue, int *nq, size_t size, void *out, int max)
+{
+	int n = *nq < max ? *nq : max;
+
+	memcpy(out, queue, (size_t)n * size);
+	memmove(queue, (char *)queue + (size_t)n * size,
+	    (size_t)(*nq - n) * size);
+	*nq -= n;
+	return n;
+}
+
 int
 mb_drain(struct mb *m, struct mb_report *out, int max)
 {
-	int n = fb_nq < max ? fb_nq : max;
-
 	(void)m;
-	memcpy(out, fb_queue, (size_t)n * sizeof(*out));
-	memmove(fb_queue, fb_queue + n, (size_t)(fb_nq - n) * sizeof(*out));
-	fb_nq -= n;
-	return n;
+	return fake_take(fb_queue, &fb_nq, sizeof(*out), out, max);
 }
 
 int
@@ -917,8 +925,6 @@ fb_inputs(int board)
 	fb_push(&r);
 }
 
-/* ---- The locker under test --------------------------------------------- */
-
 /* ---- The platform link, faked at the platform_* interface -------------- */
 
 struct platform {
@@ -960,14 +966,8 @@ platform_fd(const struct platform *p)
 int
 platform_drain(struct platform *p, struct platform_rep *out, int max)
 {
-	int n = fp_nq < max ? fp_nq : max;
-
 	(void)p;
-	memcpy(out, fp_queue, (size_t)n * sizeof(*out));
-	memmove(fp_queue, fp_queue + n, (size_t)(fp_nq - n) *
-	    sizeof(*fp_queue));
-	fp_nq -= n;
-	return n;
+	return fake_take(fp_queue, &fp_nq, sizeof(*out), out, max);
 }
 
 /* Never connected: only replies go out (link.c sends them regardless). */
@@ -1013,6 +1013,8 @@ fp_command(const char *fields, const char *request_id)
 	fp_nq++;
 	return 0;
 }
+
+/* ---- The locker under test --------------------------------------------- */
 
 static const uint8_t sign_seed[crypto_sign_SEEDBYTES] =
     "test_powerloss: fixed sign seed";
@@ -1477,17 +1479,15 @@ platform_batch(int k)
 	int n, rc;
 
 	fp_replies = 0;
-	if (k == 1) {
-		n = 3;
+	if (k == 1)
 		rc = fp_command(out, "svc-1") | fp_command(ping, "ping-1") |
 		    fp_command(state, "state-1");
-	} else {
-		n = 3;
+	else
 		rc = fp_command(out, "svc-1") | fp_command(in, "svc-2") |
 		    fp_command(ping, "ping-2");
-	}
 	if (rc != 0)
 		return -1;
+	n = fp_nq;
 	link_dispatch(&d);
 	return fp_replies == n ? 0 : -1;
 }
