@@ -42,6 +42,9 @@ SAN       ?= 0
 CC        ?= cc
 PKG_CONFIG ?= pkg-config
 PYTHON    ?= /usr/bin/python3
+# The compiler for what runs during the build (tools/embed), which is not
+# CC when cross-compiling (make cross).
+BUILD_CC  ?= $(CC)
 VERSION   := 0.1.0
 
 PKGS := libmodbus libmosquitto sqlite3 libsodium jansson inih libsystemd
@@ -114,7 +117,7 @@ deps:
 
 $(BUILD)/tools/embed: tools/embed.c
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 $(WARN) -O2 -o $@ $<
+	$(BUILD_CC) -std=c11 $(WARN) -O2 -o $@ $<
 
 $(GEN_SRC): $(BUILD)/tools/embed $(BOARD_FILES) $(SCHEMA_FILES) \
 		controller/lockerd.conf
@@ -237,7 +240,7 @@ _soak: $(BINS) $(SOAK_UNITS)
 		$(addprefix -k ,$(SOAK_TESTS)) $(SOAK_UNITS)
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-deb build-arm64 build-armhf
 
 MAN1 := man/lockerctl.1 man/locksim.1 man/kiosk.1
 MAN5 := man/lockerd.conf.5
@@ -292,6 +295,56 @@ uninstall:
 	-rmdir $(DESTDIR)$(PROFILEDIR) $(DESTDIR)$(DATADIR)/lockerd 2>/dev/null
 	@echo "make uninstall: kept $(DESTDIR)$(SYSCONFDIR)/lockerd and the" \
 	    "state folder (/var/lib/lockerd under systemd)"
+
+# Debian packages and ARM builds (debian/, tools/deb.sh, tools/cross.sh).
+#   make deb [ARCH=arm64|armhf]  dpkg-buildpackage -us -uc -b into DEB_OUT
+#                (lockerd, lockerd-tools), then lintian; ARCH cross-builds
+#   make deps-cross  Debian's cross compilers, qemu-user and the arm64 and
+#                armhf -dev packages (dpkg --add-architecture)
+#   make cross ARCH=arm64|armhf  the binaries and unit tests into
+#                build-ARCH, the unit tests run under qemu-user, the .debs,
+#                and one end-to-end flow: the ARM lockerd under qemu against
+#                the native locksim and mosquitto (tests/cross/e2e.py)
+# make test builds, installs, runs, upgrades and purges the amd64 packages
+# (tests/integration/test_package.py); make cross-all runs both ARM builds.
+DEB_PKGS += debhelper dpkg-dev lintian file
+CROSS_ARCHS := arm64 armhf
+CROSS_DEB_PKGS = crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user \
+	$(foreach a,$(CROSS_ARCHS),$(addsuffix :$(a),libmodbus-dev libmosquitto-dev \
+	libsqlite3-dev libsodium-dev libjansson-dev libinih-dev libsystemd-dev \
+	libcmocka-dev pkgconf))
+DEB_OUT ?= build-deb
+ARCH    ?=
+TRIPLET_arm64 := aarch64-linux-gnu
+TRIPLET_armhf := arm-linux-gnueabihf
+
+.PHONY: deb deps-cross cross cross-all _cross
+deb: deps
+	@tools/deb.sh $(DEB_OUT) $(ARCH)
+	lintian --fail-on error,warning $(DEB_OUT)/lockerd_*_$(or $(ARCH),$(shell dpkg --print-architecture)).changes
+
+deps-cross: deps
+	@for a in $(CROSS_ARCHS); do dpkg --print-foreign-architectures | \
+		grep -qx $$a || dpkg --add-architecture $$a; done
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(CROSS_DEB_PKGS)"
+
+cross: deps-cross
+	@case "$(ARCH)" in arm64|armhf) ;; *) echo "make cross: ARCH=arm64 or ARCH=armhf" >&2; exit 2;; esac
+	@$(MAKE) --no-print-directory _cross
+	@tools/cross.sh $(ARCH)
+	@$(MAKE) --no-print-directory deb ARCH=$(ARCH)
+
+# The binaries for ARCH, built by its cross compiler into build-ARCH; the
+# build tool (tools/embed) by the native one.
+_cross:
+	@$(MAKE) --no-print-directory BUILD=build-$(ARCH) BUILD_CC=$(CC) \
+		CC=$(TRIPLET_$(ARCH))-gcc PKG_CONFIG=$(TRIPLET_$(ARCH))-pkg-config \
+		$(BINS:$(BUILD)/%=build-$(ARCH)/%) $(UNIT_TESTS:$(BUILD)/%=build-$(ARCH)/%)
+	@$(MAKE) --no-print-directory all $(BUILD)/libslowsync.so
+
+cross-all:
+	@$(MAKE) --no-print-directory cross ARCH=arm64
+	@$(MAKE) --no-print-directory cross ARCH=armhf
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

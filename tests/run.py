@@ -52,7 +52,9 @@ def run_unit(path, timeout):
     t0 = time.monotonic()
     try:
         # One stream, so that cmocka's messages stay next to their test.
-        r = subprocess.run([path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        # UNIT_WRAPPER runs a foreign binary (make cross: qemu-aarch64).
+        wrap = os.environ.get("UNIT_WRAPPER", "").split()
+        r = subprocess.run(wrap + [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, errors="replace",
                            timeout=timeout, env=sanitizer_env(), cwd=ROOT)
         out = r.stdout
