@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import time
 
@@ -269,14 +268,16 @@ def test_package_install_run_remove_purge():
     harness.wait_for(lambda: "SIGHUP: " in box.journal(), 5, what="the reload in the journal")
     journal = box.journal()
     assert "locker test-locker" in journal, journal[-2000:]
-    box.run(["systemctl", "stop", "lockerd"])
     svc.close()
-    assert svc.active() == "inactive"
 
-    # Remove: the programs go, the configuration and the state stay.
+    # Remove: the service stops, the programs go, the configuration and
+    # the state stay.
     edited = open(box.path(CONF)).read()
+    pid = svc.main_pid()
     r = box.run(["dpkg", "-r", "lockerd", "lockerd-tools"], check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert not box.exists(f"/proc/{pid}"), "lockerd still runs after dpkg -r"
+    assert "signal 15: stopping" in box.journal(), box.journal()[-1500:]
     assert _status(box, "lockerd").startswith("deinstall ok config-files"), _status(box, "lockerd")
     for f in ("/usr/sbin/lockerd", "/lib/systemd/system/lockerd.service", "/usr/bin/locksim",
               "/usr/bin/kiosk", "/usr/bin/lockerctl", "/usr/share/lockerd"):
@@ -332,8 +333,8 @@ def _old_tree():
 def _package_old_tree(d, commit):
     """A tree from before the packaging gets today's: debian/ (with a
     changelog entry of a lower version), and, where it lacks them, the
-    files debian/rules installs (dist/, man/, the Makefile's install
-    block). A lockerd from before sd_notify gets Type=simple. Its code is
+    files debian/rules installs (dist/, man/, sim/lockerctl, the
+    Makefile's install block). A lockerd from before sd_notify gets Type=simple. Its code is
     built as it was."""
     subprocess.run(["git", "init", "-q", d], check=True)  # deb.sh lists files with git
     if not os.path.isdir(os.path.join(d, "debian")):
@@ -343,6 +344,8 @@ def _package_old_tree(d, commit):
         for sub in ("dist", "man"):
             if not os.path.isdir(os.path.join(d, sub)):
                 shutil.copytree(os.path.join(ROOT, sub), os.path.join(d, sub))
+        if not os.path.exists(os.path.join(d, "sim", "lockerctl")):
+            shutil.copy(os.path.join(ROOT, "sim", "lockerctl"), os.path.join(d, "sim"))
         mk = open(os.path.join(d, "Makefile")).read()
         if not re.search(r"^install:", mk, re.M):
             now = open(os.path.join(ROOT, "Makefile")).read()
@@ -350,8 +353,10 @@ def _package_old_tree(d, commit):
             head = "\n".join(l for l in now.splitlines()
                              if re.match(r"^(PREFIX|BINDIR|SBINDIR|DATADIR|MANDIR|SYSCONFDIR|"
                                          r"UNITDIR|SYSUSERSDIR|DESTDIR|INSTALL) *\?=", l))
-            mk = mk.replace("-include $(shell find", "\n" + head + "\n" + block +
-                            "\nunit:\n\t@true\n\n-include $(shell find", 1)
+            extra = "" if re.search(r"^unit:", mk, re.M) else "\nunit:\n\t@true\n"
+            extra += "" if re.search(r"^FORCE:", mk, re.M) else "\nFORCE:\n"
+            mk = mk.replace("-include $(shell find", "\n" + head + "\n" + block + extra +
+                            "\n-include $(shell find", 1)
             mk = mk.replace("PROFILEDIR := $(DATADIR)/lockerd/boards", "")
             mk = re.sub(r"^(DATADIR\s*\?=.*)$", r"\1\nPROFILEDIR := $(DATADIR)/lockerd/boards",
                         mk, count=1, flags=re.M)
@@ -376,18 +381,17 @@ def _package_old_tree(d, commit):
 
 
 def _db_facts(box):
-    """What the database holds, read as root from outside the box."""
-    db = sqlite3.connect(f"file:{box.path(DB)}?mode=ro", uri=True)
-    try:
-        return {
-            "user_version": db.execute("PRAGMA user_version").fetchone()[0],
-            "events": db.execute("SELECT count(*) FROM events").fetchone()[0],
-            "undelivered": [s for s, in db.execute(
-                "SELECT seq FROM events WHERE delivered = 0 ORDER BY seq")],
-            "reservations": db.execute("SELECT count(*) FROM reservations").fetchone()[0],
-        }
-    finally:
-        db.close()
+    """What the database holds, read inside the box (sqlite3 resolves
+    /proc/PID/root, which would lead it to the host's /var/lib)."""
+    def q(sql):
+        return box.run(["sqlite3", "-readonly", DB, sql]).stdout.split()
+    return {
+        "user_version": int(q("PRAGMA user_version")[0]),
+        "events": int(q("SELECT count(*) FROM events")[0]),
+        "undelivered": [int(x) for x in q("SELECT seq FROM events WHERE delivered = 0 "
+                                          "ORDER BY seq")],
+        "reservations": int(q("SELECT count(*) FROM reservations")[0]),
+    }
 
 
 def _sha(path):
@@ -443,8 +447,12 @@ def test_package_upgrade_keeps_everything():
     done2 = _dropoff(svc, box, sim, "UPG-5")
     before = svc.events()
     facts0 = _db_facts(box)
-    resv0 = {r["resv"]: svc.ctl_ok({"op": "resv", "resv": r["resv"]})
-             for r in (done, live, gone, live2, done2)}
+    cols = ", ".join(box.run(["sqlite3", "-readonly", DB, "SELECT name FROM "
+                              "pragma_table_info('reservations')"]).stdout.split())
+    rows0 = box.run(["sqlite3", "-readonly", "-quote", DB,
+                     f"SELECT {cols} FROM reservations ORDER BY id"]).stdout
+    assert len(rows0.splitlines()) == 5, rows0
+    resv0 = {r["resv"]: svc.ctl_ok({"op": "resv", "resv": r["resv"]}) for r in (live, live2)}
     assert facts0["user_version"] == old_schema, facts0
     assert facts0["undelivered"] and facts0["undelivered"][0] > last, facts0
     print(f"  before: {facts0['events']} events ({len(facts0['undelivered'])} unsent), "
@@ -457,8 +465,13 @@ def test_package_upgrade_keeps_everything():
                 check=False)
     assert r.returncode == 0, f"upgrade: {r.stdout}{r.stderr}"
     assert _status(box, "lockerd") == f"install ok installed {version}"
-    harness.wait_for(lambda: svc.active() == "active" and svc.main_pid() not in (0, pid0), 30,
-                     what="lockerd restarted by the upgrade")
+    try:
+        harness.wait_for(lambda: svc.active() == "active" and svc.main_pid() not in (0, pid0),
+                         30, what="lockerd restarted by the upgrade")
+    except harness.HarnessError as e:
+        st = box.run(["systemctl", "status", "--no-pager", "lockerd"], check=False).stdout
+        raise harness.HarnessError(f"{e}\ndpkg -i said:\n{r.stdout}{r.stderr}\n{st}\n"
+                                   f"{box.journal()[-3000:]}")
     svc.connect()
     ver = box.run(["lockerd", "--version"]).stdout
     assert version in ver, ver
@@ -475,9 +488,13 @@ def test_package_upgrade_keeps_everything():
     assert after[:len(before)] == before, "the ledger changed across the upgrade"
     assert set(facts0["undelivered"]) <= set(facts1["undelivered"]), \
         f"unsent events lost: {set(facts0['undelivered']) - set(facts1['undelivered'])}"
+    rows1 = box.run(["sqlite3", "-readonly", "-quote", DB,
+                     f"SELECT {cols} FROM reservations ORDER BY id"]).stdout
+    assert rows1 == rows0, f"reservation rows changed:\n{rows0}\n->\n{rows1}"
     for rid, rep in resv0.items():
         now = svc.ctl_ok({"op": "resv", "resv": rid})
-        assert now == rep, f"reservation {rid}: {rep} -> {now}"
+        keys = ("resv", "kind", "state", "cell", "app", "valid_until", "cancelled")
+        assert all(now.get(k) == rep.get(k) for k in keys), f"reservation {rid}: {rep} -> {now}"
     # The codes: the live ones still open their cells, the used one not.
     for r in (live, live2):
         n0 = sim.last_write_n()
@@ -542,3 +559,7 @@ def test_package_upgrade_keeps_everything():
     box.run(["systemctl", "start", "lockerd"])
     assert svc.active() == "active"
     box.stop()
+
+
+test_package_upgrade_keeps_everything.timeout = 600
+test_package_install_run_remove_purge.timeout = 400
