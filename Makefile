@@ -8,7 +8,7 @@
 #   make run     deps + build + the controller against the simulator
 #   make demo    deps + build + a narrated day at the locker (sim/demo.py)
 #   make bench   deps + build + benchmarks (JSON lines on stdout); BENCH_ONLY=
-#                modbus,rtu,idle,codes,drain,reserve,scale,fleet runs a subset
+#                modbus,rtu,idle,codes,drain,reserve,scale,fleet,slowdisk runs a subset
 #   make fleet   deps + build + the fleet simulation alone (tests/bench/fleet.py:
 #                N lockerds against one mosquitto; BENCH_FLEET_N=1,4,8,...)
 #   make soak    deps + build + the soak-sized tests only: each test named in
@@ -308,6 +308,9 @@ uninstall:
 # make test builds, installs, runs, upgrades and purges the amd64 packages
 # (tests/integration/test_package.py); make cross-all runs both ARM builds.
 DEB_PKGS += debhelper dpkg-dev lintian file
+# 64-bit file offsets on 32-bit targets (armhf): readdir() of the profile
+# folder and stat() of a database past 2 GiB (a no-op on 64-bit ones).
+ALL_CFLAGS += -D_FILE_OFFSET_BITS=64
 CROSS_ARCHS := arm64 armhf
 CROSS_DEB_PKGS = crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user \
 	$(foreach a,$(CROSS_ARCHS),$(addsuffix :$(a),libmodbus-dev libmosquitto-dev \
@@ -341,6 +344,9 @@ _cross:
 		CC=$(TRIPLET_$(ARCH))-gcc PKG_CONFIG=$(TRIPLET_$(ARCH))-pkg-config \
 		$(BINS:$(BUILD)/%=build-$(ARCH)/%) $(UNIT_TESTS:$(BUILD)/%=build-$(ARCH)/%)
 	@$(MAKE) --no-print-directory all $(BUILD)/libslowsync.so
+
+# make bench's slow-storage figures (BENCH_ONLY=slowdisk) preload the shim.
+_bench: $(BUILD)/libslowsync.so
 
 cross-all:
 	@$(MAKE) --no-print-directory cross ARCH=arm64

@@ -82,6 +82,11 @@ comparison alike. Figures:
   scale_codes           codebench at 96, 384, 1,536 and 10,000 live codes.
   fleet, fleet_max_n    (BENCH_ONLY=fleet) tests/bench/fleet.py: N lockers
                         against one mosquitto; see its docstring.
+  unlock_latency_slow_storage_ms
+                        (BENCH_ONLY=slowdisk) the unlock with every fsync of
+                        lockerd 5, 20 and 50 ms slower (build/libslowsync.so,
+                        an SD card or eMMC), beside this machine's disk in
+                        the same run; BENCH_ROUNDS / 2 rounds of 128 each.
 
 For both MQTT figures the broker (set_tcp_nodelay) and the platform's
 client send without Nagle's delay, so that only lockerd's own socket
@@ -157,7 +162,7 @@ WORKER_RE = re.compile(r"board (B\d+): unlock channel (\d+) timing \(monotonic u
                        r"queued (\d+) picked (\d+) sent (\d+) replied (\d+) rc 1")
 
 
-def unlock_rig(rtu=False, baud=115200, parity="N"):
+def unlock_rig(rtu=False, baud=115200, parity="N", env=None):
     """locksim with UNLOCK_BOARDS generic-16 boards (TCP, or RTU on its
     pseudo-terminal) and a lockerd at log level debug, whose keypad and
     Modbus worker write the "unlock timing" lines. Returns (sim, lk)."""
@@ -170,7 +175,7 @@ def unlock_rig(rtu=False, baud=115200, parity="N"):
                        kiosk={"code_burst": 10, "code_refill_s": 1}))
     if rtu:
         cfg["bus sim"].update({"baud": baud, "parity": parity})
-    return sim, H.Lockerd(cfg)
+    return sim, H.Lockerd(cfg, env=env)
 
 
 def machine_cpu():
@@ -188,7 +193,7 @@ def machine_share(c0, c1):
             "machine_steal_percent": round(100.0 * (c1[1] - c0[1]) / total, 1)}
 
 
-def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
+def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06, env=None):
     """Codes typed on the keypad socket -> the relay write seen by locksim,
     with lockerd's own phase stamps (debug log) and locksim's write log,
     all on CLOCK_MONOTONIC. Each round is a fresh locksim + lockerd with
@@ -201,7 +206,7 @@ def bench_unlock(rounds, rtu=False, baud=115200, parity="N", gap_s=0.06):
         H.begin_test(f"bench-unlock-{'rtu' if rtu else 'tcp'}-{rnd}")
         failed = True
         try:
-            sim, lk = unlock_rig(rtu, baud, parity)
+            sim, lk = unlock_rig(rtu, baud, parity, env)
             lk.wait_event("started", timeout=10)
             kc = H.kiosk(lk)
             ncells = UNLOCK_BOARDS * 16
@@ -753,7 +758,7 @@ def main():
                     default=int(os.environ.get("BENCH_RESERVE_N", "200")))
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma-separated subset: modbus, rtu, idle, codes, drain, "
-                         "reserve, scale, fleet")
+                         "reserve, scale, fleet, slowdisk")
     args = ap.parse_args()
     os.environ["BUILD"] = args.build
     only = set(filter(None, args.only.split(",")))
@@ -785,6 +790,8 @@ def main():
     if want("fleet"):
         import fleet
         fleet.main(["--build", args.build])
+    if want("slowdisk"):
+        bench_slow_storage(max(1, args.rounds // 2))
     if want("reserve"):
         rtt, local = bench_reserve_rtt(args.reserve_n)
         emit("reserve_rtt_ms", rtt,
@@ -883,6 +890,54 @@ def bench_rtu(rounds):
         emit_unlock(f"rtu{baud}", samples, oneway, rtt, wire_time=wire, **machine,
                     frames="FC05 write single coil: request 8 bytes (unit, fc, addr 2, "
                            "value 2, CRC 2), reply 8 bytes (echo)")
+
+
+SLOW_FSYNC_MS = (5, 20, 50)
+
+
+def bench_slow_storage(rounds):
+    """The unlock (Modbus TCP, as unlock_latency_ms) with the database on
+    storage whose every fsync/fdatasync takes 5, 20 or 50 ms longer
+    (build/libslowsync.so, LD_PRELOAD: an SD card or eMMC), beside this
+    machine's own disk in the same run. Per unlock: the total, its own
+    durable commit, and the wait before lockerd's keypad handler ran,
+    which is where a commit already in progress (a door event's) shows."""
+    lib = os.path.join(H.build_dir(), "libslowsync.so")
+    by = {}
+    for ms in (None,) + SLOW_FSYNC_MS:
+        env = None
+        if ms is not None:
+            env = H.daemon_env()
+            env.update({"LD_PRELOAD": lib, "SLOWSYNC_MS": str(ms)})
+        # Codes typed 60 ms + 4 delayed fsyncs apart: each unlock costs two
+        # commits (the code used, then the door opened), so the disk is
+        # busy at most half the time. At a fixed 60 ms, 16 unlocks a second
+        # on a 50 ms disk would ask for 1.6 s of flushing a second, a
+        # queue no hall makes (one person at a time per keypad).
+        gap = 0.06 + 4 * (ms or 0) / 1000.0
+        samples, machine = bench_unlock(rounds, env=env, gap_s=gap)
+        key = "this_disk" if ms is None else f"fsync_plus_{ms}ms"
+
+        def mp(name):
+            v = [x[name] for x in samples]
+            return {"median": round(statistics.median(v), 2), "p99": round(pct(v, 99), 2),
+                    "max": round(max(v), 2)}
+        total = [x["total"] for x in samples]
+        by[key] = {"unlock": mp("total"), "own_commit": mp("commit"),
+                   "before_handler": mp("to_handler"), "n": len(samples),
+                   "code_gap_ms": round(gap * 1000),
+                   "over_two_commits": sum(1 for x in samples
+                                           if ms is not None and x["total"] > 2 * ms + 10),
+                   **machine}
+        if ms is not None:
+            by[key]["unlock_minus_fsync_delay_median"] = round(
+                statistics.median(total) - ms, 2)
+    emit("unlock_latency_slow_storage_ms", None, unit="ms", by_storage=by,
+         what="keypad code -> relay write seen by locksim (TCP, 8 boards x 16 cells), "
+              "every fsync of lockerd made SLOWSYNC_MS slower; own_commit is the "
+              "unlock's durable commit, before_handler the wait for the main loop "
+              "(a commit in progress); over_two_commits counts unlocks slower than "
+              "two delayed fsyncs + 10 ms")
 
 
 def emit_drain(n, res):
