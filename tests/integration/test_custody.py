@@ -659,3 +659,28 @@ def test_qr_credential_asks_for_the_phone_factor():
     lk.wait_event("deposited", resv=r["resv"], after=seq0)
     lk.stop()
     sim.stop()
+
+
+def test_kiosk_tool_asks_for_the_phone_after_a_scan():
+    """The terminal keypad (build/kiosk) does what the screen does: a scan
+    answered phone_needed makes the next input line the phone digits,
+    sent with the same credential; one-shot, they go as an argument."""
+    import subprocess
+    sim, lk, kc = start_custody()
+    r = reserve(lk, "A-91", phone="4321")
+    r2 = reserve(lk, "A-92", phone="8765")
+    path = harness.kiosk_path(lk)
+    n0 = sim.last_write_n()
+    p = subprocess.run([harness.binary("kiosk"), "-s", path], input=f"scan {r['credential']}\n"
+                       "4321\nstatus\n", capture_output=True, text=True, timeout=20)
+    print(p.stdout)
+    assert p.returncode == 0, p
+    out = p.stdout.splitlines()
+    assert out[0].startswith("error (phone_needed): ") and "phone" in out[0], out
+    assert f"Cell {r['cell']} is open" in out[1], out
+    sim.wait_write(unlock_write_pred(r["cell"]), after=n0, what="the relay after the digits")
+    p = subprocess.run([harness.binary("kiosk"), "-s", path, "scan", r2["credential"], "8765"],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0 and f"Cell {r2['cell']} is open" in p.stdout, p
+    lk.stop()
+    sim.stop()
