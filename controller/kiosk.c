@@ -5,7 +5,6 @@
  * database so that a restart gives nothing back; a throttle that runs
  * dry is a "guessing" alarm in the ledger.
  */
-#include <errno.h>
 #include <jansson.h>
 #include <pwd.h>
 #include <sodium.h>
@@ -91,10 +90,8 @@ guessing(struct lockerd *d, const char *what, const struct throttle *t)
 static void
 pin_guessing(struct lockerd *d, int alarm, const char *known_id)
 {
-	json_t *x = json_pack("{s:b, s:s, s:I, s:s}", "alarm", 1, "what",
-	    "pin", "failures", (json_int_t)d->thr.pin.failures, "bucket",
-	    alarm == THROTTLE_ALARM_ACCOUNT ? "account" :
-	    alarm == THROTTLE_ALARM_KEYPAD ? "keypad" : "both");
+	json_t *x = json_pack("{s:b, s:s, s:I}", "alarm", 1, "what", "pin",
+	    "failures", (json_int_t)d->thr.pin.failures);
 
 	if (x != NULL && known_id != NULL)
 		json_object_set_new(x, "staff", json_string(known_id));
@@ -273,6 +270,8 @@ user_uid(const char *name)
 	return (long)pw.pw_uid;
 }
 
+static const char *pin_dummy(const struct config_kiosk *k);
+
 int
 kiosk_open(struct lockerd *d)
 {
@@ -290,6 +289,11 @@ kiosk_open(struct lockerd *d)
 	jsonl_screen_errors(d->kiosk);
 	jsonl_limits(d->kiosk, k->client_timeout_s, k->client_idle_s);
 	jsonl_trust_uid(d->kiosk, uid);
+	/* Made now, so that no log-in pays for it (the first unknown id
+	 * would take twice as long as a known one). */
+	if (pin_dummy(k) == NULL)
+		log_warn("keypad: the hash for unknown staff ids cannot be made "
+		    "yet (out of memory?)");
 	if (uid >= 0)
 		log_info("keypad: a slot is kept for uid %ld (%s)", uid,
 		    k->client_user);
@@ -553,15 +557,16 @@ account_unchanged(struct lockerd *d)
 {
 	uint8_t now_row[CODES_HASH_LEN];
 	struct staff st;
-	int rc;
+	int rc, revoked;
 
 	rc = staff_get(d->store, d->keys->sign_pk, d->session.id, &st);
-	if (rc == 0 && !st.revoked)
+	revoked = st.revoked;
+	if (rc == 0 && !revoked)
 		account_digest(&st, now_row);
 	sodium_memzero(&st, sizeof(st));
 	if (rc == -1)
 		return -1;
-	if (rc != 0 || st.revoked)
+	if (rc != 0 || revoked)
 		return 1;
 	return sodium_memcmp(now_row, d->session_row, sizeof(now_row)) == 0 ?
 	    0 : 1;

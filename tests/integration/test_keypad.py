@@ -404,9 +404,10 @@ def _closed_by_peer(s, timeout):
     """True when the server closed s within timeout (EOF or reset); lines
     it sent before (notices) are read and passed over."""
     deadline = time.monotonic() + timeout
+    p = select.poll()
+    p.register(s, select.POLLIN)
     while True:
-        r, _, _ = select.select([s], [], [], max(0, deadline - time.monotonic()))
-        if not r:
+        if not p.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             return False
         try:
             if s.recv(65536) == b"":
