@@ -270,8 +270,6 @@ user_uid(const char *name)
 	return (long)pw.pw_uid;
 }
 
-static const char *pin_dummy(const struct config_kiosk *k);
-
 int
 kiosk_open(struct lockerd *d)
 {
@@ -289,11 +287,6 @@ kiosk_open(struct lockerd *d)
 	jsonl_screen_errors(d->kiosk);
 	jsonl_limits(d->kiosk, k->client_timeout_s, k->client_idle_s);
 	jsonl_trust_uid(d->kiosk, uid);
-	/* Made now, so that no log-in pays for it (the first unknown id
-	 * would take twice as long as a known one). */
-	if (pin_dummy(k) == NULL)
-		log_warn("keypad: the hash for unknown staff ids cannot be made "
-		    "yet (out of memory?)");
 	if (uid >= 0)
 		log_info("keypad: a slot is kept for uid %ld (%s)", uid,
 		    k->client_user);
@@ -670,6 +663,11 @@ login(struct lockerd *d, json_t *req)
 
 	if (id == NULL || pin == NULL)
 		return refuse_bad("Fields 'staff' and 'pin' are needed.");
+	/* Made (once) before the id is looked up: the first log-in after a
+	 * start pays for it whatever id it names, so that it tells nothing. */
+	if ((dummy = pin_dummy(&d->cfg.kiosk)) == NULL)
+		return refuse("unrecorded", "The staff list cannot be read "
+		    "now.", 0);
 	pin_key(d, id, key);
 	if ((wait = throttle_pin_wait(&d->thr, key, util_mono_ms())) > 0) {
 		throttle_refused(&d->thr.pin);
@@ -685,11 +683,6 @@ login(struct lockerd *d, json_t *req)
 		    "now.", 0);
 	/* Unknown ids cost as much as wrong PINs: no id enumeration. */
 	if (rc != 0) {
-		if ((dummy = pin_dummy(&d->cfg.kiosk)) == NULL) {
-			sodium_memzero(&st, sizeof(st));
-			return refuse("unrecorded", "The staff list cannot be "
-			    "read now.", 0);
-		}
 		memset(&st, 0, sizeof(st));
 		util_strlcpy(st.pin_hash, dummy, sizeof(st.pin_hash));
 	}
