@@ -81,6 +81,17 @@ struct config_kiosk {
 	int code_refill_s;       /* one more try back per period (<= 300) */
 	int pin_burst;
 	int pin_refill_s;
+	int pin_hash_kib;        /* Argon2id cost of every PIN hash: memory */
+	int pin_hash_passes;     /* ... and passes */
+	int client_timeout_s;    /* a line or reply unfinished this long */
+	int client_idle_s;       /* no request this long; 0 = never */
+	char client_user[32];    /* the keypad / screen: a kept slot; "" none */
+};
+
+/* The operator control socket's clients ([control]). */
+struct config_control {
+	int client_timeout_s;
+	int client_idle_s;
 };
 
 /* The platform link ([mqtt]); host "" = off. */
@@ -114,6 +125,10 @@ struct config {
 	enum log_level log_level;
 	int log_syslog;
 	char control_socket[108];
+	struct config_control control;
+	/* Folders and files others may read or write: refused at start (1),
+	 * or only warned about (0, [locker] check_modes = warn). */
+	int check_modes;
 	struct config_timing timing;
 	struct config_codes codes;
 	struct config_kiosk kiosk;

@@ -2,7 +2,10 @@
  * A JSON-lines server on a UNIX stream socket, driven from the main poll
  * loop. Input is bounded per line and output per client; a client that
  * sends an over-long line gets an error and the rest of the line is
- * skipped, and one that does not read its replies is dropped.
+ * skipped, and one that does not read its replies is dropped. Slots are
+ * not held for free: slow and idle clients are dropped after a timeout,
+ * a newcomer takes the idlest one's slot, and one slot stays kept for
+ * the keypad's own client, known by its peer credentials.
  */
 #include "jsonl.h"
 
@@ -21,6 +24,10 @@
 #include "util.h"
 
 #define JSONL_OUT_MAX (512 * 1024)
+/* Connections taken from the backlog per loop turn at most. */
+#define JSONL_ACCEPT_MAX 64
+/* Drops and take-overs are summed up in the log at most this often. */
+#define JSONL_REPORT_MS 60000
 
 struct client {
 	int fd;
@@ -29,6 +36,10 @@ struct client {
 	int skipping;         /* discarding the rest of an over-long line */
 	char *out;
 	size_t outlen, outcap;
+	int trusted;          /* the keypad's own (peer uid) */
+	int64_t last;         /* connected, or its last whole request (ms) */
+	int64_t partial_at;   /* an unfinished line began; 0 none */
+	int64_t out_at;       /* replies waiting to be read since; 0 none */
 };
 
 struct jsonl {
@@ -37,6 +48,10 @@ struct jsonl {
 	jsonl_handler fn;
 	void *arg;
 	int screen;           /* own errors also carry "show" (the keypad) */
+	int64_t slow_ms, idle_ms;
+	long trust_uid;       /* -1: none */
+	long slow, idle, taken, refused;  /* since the last report */
+	int64_t reported;
 	struct client clients[JSONL_CLIENTS_MAX];
 };
 
@@ -55,12 +70,51 @@ jsonl_error(const char *fmt, ...)
 	return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 }
 
+/*
+ * What is at path before bind: a stale socket from a crash goes (bind
+ * would fail); one that still answers is someone else's listener (another
+ * lockerd, or a process that wants the keypad's traffic): said loudly,
+ * then replaced. Anything else is left alone and start-up stops.
+ */
+static int
+make_room(const char *path, const struct sockaddr_un *sun)
+{
+	struct stat st;
+	int fd;
+
+	if (lstat(path, &st) == -1) {
+		if (errno == ENOENT)
+			return 0;
+		log_error("socket %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		log_error("socket %s: something that is not a socket is in its "
+		    "place; not replacing it (move it away)", path);
+		return -1;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd != -1 && connect(fd, (const struct sockaddr *)sun,
+	    sizeof(*sun)) == 0)
+		log_warn("socket %s: another process listens on it (uid %ld); "
+		    "replacing it", path, (long)st.st_uid);
+	if (fd != -1)
+		close(fd);
+	if (unlink(path) == -1) {
+		log_error("socket %s: removing the old one: %s", path,
+		    strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 struct jsonl *
 jsonl_open(const char *path, int mode, jsonl_handler fn, void *arg)
 {
 	struct sockaddr_un sun;
 	struct jsonl *j;
-	int i;
+	mode_t old;
+	int i, rc;
 
 	if (strlen(path) >= sizeof(sun.sun_path)) {
 		log_error("socket path %s is too long", path);
@@ -74,6 +128,9 @@ jsonl_open(const char *path, int mode, jsonl_handler fn, void *arg)
 		j->clients[i].fd = -1;
 	j->fn = fn;
 	j->arg = arg;
+	j->slow_ms = 30000;
+	j->idle_ms = 600000;
+	j->trust_uid = -1;
 	memcpy(j->path, path, strlen(path) + 1);
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
@@ -84,18 +141,37 @@ jsonl_open(const char *path, int mode, jsonl_handler fn, void *arg)
 		free(j);
 		return NULL;
 	}
-	/* A stale socket from a crash would make bind fail. */
-	if (unlink(path) == -1 && errno != ENOENT)
-		log_warn("socket %s: removing the old one: %s", path,
-		    strerror(errno));
-	if (bind(j->fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 ||
-	    chmod(path, (mode_t)mode) == -1 || listen(j->fd, 16) == -1) {
+	if (make_room(path, &sun) == -1) {
+		close(j->fd);
+		free(j);
+		return NULL;
+	}
+	/* Born with its mode: no moment at a wider one (the umask is ours
+	 * alone, main.c sets it once; nothing else runs on this thread). */
+	old = umask((mode_t)(~mode & 0777));
+	rc = bind(j->fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(old);
+	if (rc == -1 || chmod(path, (mode_t)mode) == -1 ||
+	    listen(j->fd, 16) == -1) {
 		log_error("socket %s: %s", path, strerror(errno));
 		close(j->fd);
 		free(j);
 		return NULL;
 	}
 	return j;
+}
+
+void
+jsonl_limits(struct jsonl *j, int timeout_s, int idle_s)
+{
+	j->slow_ms = (int64_t)(timeout_s > 0 ? timeout_s : 1) * 1000;
+	j->idle_ms = (int64_t)(idle_s > 0 ? idle_s : 0) * 1000;
+}
+
+void
+jsonl_trust_uid(struct jsonl *j, long uid)
+{
+	j->trust_uid = uid;
 }
 
 static void
@@ -159,6 +235,8 @@ client_queue(struct client *c, const char *s, size_t len)
 		c->outcap = cap;
 	}
 	memcpy(c->out + c->outlen, s, len);
+	if (c->outlen == 0 && len > 0)
+		c->out_at = util_mono_ms();
 	c->outlen += len;
 	return 0;
 }
@@ -178,6 +256,7 @@ client_flush(struct client *c)
 		memmove(c->out, c->out + n, c->outlen - (size_t)n);
 		c->outlen -= (size_t)n;
 	}
+	c->out_at = 0;
 	return 0;
 }
 
@@ -246,6 +325,7 @@ static int
 client_read(struct jsonl *j, struct client *c)
 {
 	char buf[4096];
+	int64_t now;
 	ssize_t n;
 	size_t i;
 
@@ -254,6 +334,7 @@ client_read(struct jsonl *j, struct client *c)
 		return -1;
 	if (n == -1)
 		return errno == EAGAIN || errno == EINTR ? 0 : -1;
+	now = util_mono_ms();
 	for (i = 0; i < (size_t)n; i++) {
 		if (buf[i] == '\n') {
 			if (!c->skipping && client_line(j, c, c->in,
@@ -261,7 +342,14 @@ client_read(struct jsonl *j, struct client *c)
 				return -1;
 			c->inlen = 0;
 			c->skipping = 0;
-		} else if (c->skipping)
+			c->partial_at = 0;
+			c->last = now;
+			continue;
+		}
+		/* A line begun: it has until slow_ms to be finished. */
+		if (c->partial_at == 0)
+			c->partial_at = now;
+		if (c->skipping)
 			continue;
 		else if (c->inlen == sizeof(c->in)) {
 			c->skipping = 1;
@@ -276,29 +364,152 @@ client_read(struct jsonl *j, struct client *c)
 	return 0;
 }
 
-static void
+static int
+peer_trusted(const struct jsonl *j, int fd)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (j->trust_uid < 0 ||
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == -1)
+		return 0;
+	return (long)cr.uid == j->trust_uid;
+}
+
+/*
+ * The slot for a newcomer: a free one, but never the last free one for
+ * a stranger while a keypad client is configured; otherwise the slot of
+ * the stranger idle longest (the keypad's own, only for another of its
+ * own). -1: every slot is the keypad's and the newcomer is a stranger.
+ */
+static int
+slot_for(struct jsonl *j, int trusted)
+{
+	int i, free_ = -1, strangers = 0, idlest = -1, oldest = -1;
+	int keep = j->trust_uid >= 0 ? 1 : 0;
+
+	for (i = 0; i < JSONL_CLIENTS_MAX; i++) {
+		const struct client *c = &j->clients[i];
+
+		if (c->fd == -1) {
+			if (free_ == -1)
+				free_ = i;
+			continue;
+		}
+		if (oldest == -1 || c->last < j->clients[oldest].last)
+			oldest = i;
+		if (c->trusted)
+			continue;
+		strangers++;
+		if (idlest == -1 || c->last < j->clients[idlest].last)
+			idlest = i;
+	}
+	if (free_ != -1 && (trusted || strangers < JSONL_CLIENTS_MAX - keep))
+		return free_;
+	if (idlest != -1)
+		return idlest;
+	return trusted ? oldest : -1;
+}
+
+/* 0 when a connection was taken (or refused), -1 when none waits. */
+static int
 accept_client(struct jsonl *j)
 {
-	int fd, i;
+	struct client *c;
+	int fd, slot, trusted;
 
 	fd = accept4(j->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd == -1) {
-		if (errno != EAGAIN && errno != EINTR)
+		if (errno != EAGAIN && errno != EINTR && errno != EWOULDBLOCK)
 			log_warn("socket %s: accept: %s", j->path,
 			    strerror(errno));
-		return;
+		return -1;
 	}
-	for (i = 0; i < JSONL_CLIENTS_MAX; i++)
-		if (j->clients[i].fd == -1) {
-			j->clients[i].fd = fd;
-			return;
+	trusted = peer_trusted(j, fd);
+	if ((slot = slot_for(j, trusted)) == -1) {
+		/* Every slot is the keypad's own: say so rather than leave
+		 * the caller hanging. */
+		j->refused++;
+		if (send(fd, "{\"ok\":false,\"error\":\"too many clients\"}\n",
+		    41, MSG_NOSIGNAL) < 0)
+			log_debug("socket %s: refusing a client: %s", j->path,
+			    strerror(errno));
+		close(fd);
+		return 0;
+	}
+	c = &j->clients[slot];
+	if (c->fd != -1) {
+		log_debug("socket %s: a new client takes the slot of one idle "
+		    "for %lld ms", j->path,
+		    (long long)(util_mono_ms() - c->last));
+		j->taken++;
+		client_close(c);
+	}
+	c->fd = fd;
+	c->trusted = trusted;
+	c->last = util_mono_ms();
+	return 0;
+}
+
+/* The clients dropped lately, once a minute at most: a sign of a flood. */
+static void
+report(struct jsonl *j, int64_t now)
+{
+	if (j->slow + j->idle + j->taken + j->refused == 0 ||
+	    (j->reported != 0 && now - j->reported < JSONL_REPORT_MS))
+		return;
+	log_info("socket %s: dropped %ld slow and %ld idle clients, gave %ld "
+	    "slots to newcomers, refused %ld (since %s)", j->path, j->slow,
+	    j->idle, j->taken, j->refused, j->reported ? "the last report" :
+	    "start");
+	j->slow = j->idle = j->taken = j->refused = 0;
+	j->reported = now;
+}
+
+int64_t
+jsonl_tick(struct jsonl *j, int64_t now)
+{
+	int64_t next = INT64_MAX, t;
+	int i;
+
+	if (j == NULL)
+		return INT64_MAX;
+	for (i = 0; i < JSONL_CLIENTS_MAX; i++) {
+		struct client *c = &j->clients[i];
+
+		if (c->fd == -1)
+			continue;
+		if ((c->partial_at != 0 && now - c->partial_at >= j->slow_ms) ||
+		    (c->out_at != 0 && now - c->out_at >= j->slow_ms)) {
+			log_debug("socket %s: dropping a slow client (a request "
+			    "or its reply unfinished for %lld s)", j->path,
+			    (long long)(j->slow_ms / 1000));
+			j->slow++;
+			client_close(c);
+			continue;
 		}
-	/* Full: say so rather than leave the caller hanging. */
-	if (send(fd, "{\"ok\":false,\"error\":\"too many clients\"}\n", 41,
-	    MSG_NOSIGNAL) < 0)
-		log_debug("socket %s: refusing a client: %s", j->path,
-		    strerror(errno));
-	close(fd);
+		if (!c->trusted && j->idle_ms > 0 &&
+		    now - c->last >= j->idle_ms) {
+			log_debug("socket %s: dropping a client idle for %lld "
+			    "s", j->path, (long long)(j->idle_ms / 1000));
+			j->idle++;
+			client_close(c);
+			continue;
+		}
+		if (c->partial_at != 0 && (t = c->partial_at + j->slow_ms) <
+		    next)
+			next = t;
+		if (c->out_at != 0 && (t = c->out_at + j->slow_ms) < next)
+			next = t;
+		if (!c->trusted && j->idle_ms > 0 &&
+		    (t = c->last + j->idle_ms) < next)
+			next = t;
+	}
+	report(j, now);
+	if (j->slow + j->idle + j->taken + j->refused > 0 &&
+	    (t = j->reported + JSONL_REPORT_MS) < next)
+		next = t > now ? t : now + JSONL_REPORT_MS;
+	return next;
 }
 
 void
@@ -322,8 +533,11 @@ jsonl_dispatch(struct jsonl *j, const struct pollfd *pfd, int n)
 		if (client_flush(c) == -1)
 			client_close(c);
 	}
-	if (pfd[0].revents & POLLIN)
-		accept_client(j);
+	/* Take the whole backlog (to a bound): a flood of connections must
+	 * not keep the keypad's own waiting behind it. */
+	for (i = 0; (pfd[0].revents & POLLIN) && i < JSONL_ACCEPT_MAX; i++)
+		if (accept_client(j) == -1)
+			break;
 }
 
 void

@@ -1,10 +1,12 @@
 /*
  * The keypad socket (proto/kiosk.md): codes, QR credentials, staff log-in
  * and staff actions from the keypad, and notices to the screen. Every
- * failed code and PIN goes through a throttle; a throttle that runs dry
- * is a "guessing" alarm in the ledger.
+ * failed code and PIN goes through a throttle (throttle.h), kept in the
+ * database so that a restart gives nothing back; a throttle that runs
+ * dry is a "guessing" alarm in the ledger.
  */
 #include <jansson.h>
+#include <pwd.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -80,6 +82,217 @@ guessing(struct lockerd *d, const char *what, const struct throttle *t)
 	json_decref(x);
 }
 
+/*
+ * A failed log-in emptied a bucket: the keypad's (every id) or the one of
+ * the id it named. A known account is named, so that the platform can act
+ * on it; an id that is no account is not (it may be a mistyped PIN).
+ */
+static void
+pin_guessing(struct lockerd *d, int alarm, const char *known_id)
+{
+	json_t *x = json_pack("{s:b, s:s, s:I}", "alarm", 1, "what", "pin",
+	    "failures", (json_int_t)d->thr.pin.failures);
+
+	if (x != NULL && known_id != NULL)
+		json_object_set_new(x, "staff", json_string(known_id));
+	log_warn("keypad: pin guessing: a throttle ran dry (%s) after %lld "
+	    "failed log-ins%s%s", alarm == THROTTLE_ALARM_ACCOUNT ?
+	    "that account's" : "the keypad's", (long long)d->thr.pin.failures,
+	    known_id ? ", aimed at staff " : "", known_id ? known_id : "");
+	if (x == NULL || lockerd_record(d, "guessing", x) == -1)
+		log_error("could not record the guessing alarm");
+	json_decref(x);
+}
+
+/* ---- The throttles in the database ---------------------------------- */
+
+/* A throttle row as of now; full (nothing to keep) when it is. */
+static void
+bucket_row(struct throttle *t, const char *name, int64_t spent, int64_t now,
+    struct store_throttle *row)
+{
+	memset(row, 0, sizeof(*row));
+	util_strlcpy(row->name, name, sizeof(row->name));
+	row->tokens = throttle_tokens(t, now);
+	row->at = lockerd_now();
+	row->alarmed = t->alarmed;
+	row->episode = t->episode;
+	row->failures = t->failures;
+	row->spent = spent;
+	row->full = row->tokens >= t->burst && spent == 0;
+}
+
+static void
+account_name(const uint8_t key[THROTTLE_KEY_LEN], char *out, size_t len)
+{
+	char hex[2 * THROTTLE_KEY_LEN + 1];
+
+	codes_hex(key, THROTTLE_KEY_LEN, hex, sizeof(hex));
+	snprintf(out, len, "pin:%s", hex);
+}
+
+/*
+ * Written before the reply goes out: a guesser who pulls the plug right
+ * after a wrong try finds it counted when the locker is back.
+ */
+static void
+save_rows(struct lockerd *d, const struct store_throttle *rows, int n)
+{
+	if (d->store != NULL && store_throttle_put(d->store, rows, n) == -1)
+		log_error("keypad: the throttle could not be saved; a restart "
+		    "now would give back the tries spent since");
+}
+
+static void
+save_code(struct lockerd *d)
+{
+	struct store_throttle row;
+
+	bucket_row(&d->thr.code, "code", 0, util_mono_ms(), &row);
+	save_rows(d, &row, 1);
+}
+
+/* The keypad's PIN bucket, one id's, and the one it pushed out if any. */
+static void
+save_pin(struct lockerd *d, const uint8_t key[THROTTLE_KEY_LEN],
+    const struct throttle_account *evicted)
+{
+	struct throttle_account *a = throttle_account_find(&d->thr, key);
+	int64_t now = util_mono_ms();
+	struct store_throttle rows[3];
+	char name[48];
+	int n = 0;
+
+	bucket_row(&d->thr.pin, "pin", 0, now, &rows[n++]);
+	if (a != NULL) {
+		account_name(key, name, sizeof(name));
+		bucket_row(&a->t, name, a->spent, now, &rows[n++]);
+	}
+	if (evicted != NULL && evicted->used) {
+		account_name(evicted->key, name, sizeof(name));
+		memset(&rows[n], 0, sizeof(rows[n]));
+		util_strlcpy(rows[n].name, name, sizeof(rows[n].name));
+		rows[n++].full = 1;
+	}
+	save_rows(d, rows, n);
+}
+
+static int
+hex_key(const char *hex, uint8_t key[THROTTLE_KEY_LEN])
+{
+	size_t i;
+	int hi, lo;
+
+	if (strlen(hex) != 2 * THROTTLE_KEY_LEN)
+		return -1;
+	for (i = 0; i < THROTTLE_KEY_LEN; i++) {
+		hi = hex[2 * i];
+		lo = hex[2 * i + 1];
+		hi = hi >= '0' && hi <= '9' ? hi - '0' : hi >= 'a' && hi <= 'f' ?
+		    hi - 'a' + 10 : -1;
+		lo = lo >= '0' && lo <= '9' ? lo - '0' : lo >= 'a' && lo <= 'f' ?
+		    lo - 'a' + 10 : -1;
+		if (hi < 0 || lo < 0)
+			return -1;
+		key[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+struct load_arg {
+	struct lockerd *d;
+	int64_t now, wall;
+	int accounts;
+};
+
+static int
+load_row(const struct store_throttle *row, void *arg)
+{
+	struct load_arg *la = arg;
+	struct throttle_account *a;
+	uint8_t key[THROTTLE_KEY_LEN];
+	struct throttle *t = NULL;
+
+	if (strcmp(row->name, "code") == 0)
+		t = &la->d->thr.code;
+	else if (strcmp(row->name, "pin") == 0)
+		t = &la->d->thr.pin;
+	else if (strncmp(row->name, "pin:", 4) == 0 &&
+	    hex_key(row->name + 4, key) == 0 &&
+	    la->accounts < THROTTLE_ACCOUNTS) {
+		a = throttle_account_get(&la->d->thr, key, la->now, NULL);
+		a->spent = row->spent > 0 ? row->spent : 0;
+		t = &a->t;
+		la->accounts++;
+	}
+	if (t != NULL)
+		throttle_restore(t, row->tokens, row->alarmed, row->episode,
+		    row->failures, la->wall - row->at, la->now);
+	return 0;
+}
+
+int
+kiosk_start(struct lockerd *d)
+{
+	const struct config_kiosk *k = &d->cfg.kiosk;
+	struct load_arg la = { d, util_mono_ms(), lockerd_now(), 0 };
+
+	/* A guesser who keeps the keypad throttled is reported again every
+	 * KIOSK_REALARM failures (about 8 hours at the default refill). */
+	throttle_keypad_init(&d->thr, k->code_burst,
+	    (int64_t)k->code_refill_s * 1000, k->pin_burst,
+	    (int64_t)k->pin_refill_s * 1000, KIOSK_REALARM, la.now);
+	if (store_throttle_load(d->store, load_row, &la) == -1)
+		return -1;
+	if (!throttle_full(&d->thr.code, la.now) ||
+	    !throttle_full(&d->thr.pin, la.now) || la.accounts > 0)
+		log_info("keypad: the throttle as saved: %.1f of %d code "
+		    "tries, %.1f of %d log-ins, %d staff ids with tries spent",
+		    throttle_tokens(&d->thr.code, la.now), d->thr.code.burst,
+		    throttle_tokens(&d->thr.pin, la.now), d->thr.pin.burst,
+		    la.accounts);
+	return 0;
+}
+
+/* A user name or uid ([kiosk] client_user); -1 if there is none such. */
+static long
+user_uid(const char *name)
+{
+	struct passwd pw, *res = NULL;
+	char buf[2048], *end;
+	long uid;
+
+	uid = strtol(name, &end, 10);
+	if (*name != '\0' && *end == '\0')
+		return uid >= 0 ? uid : -1;
+	if (getpwnam_r(name, &pw, buf, sizeof(buf), &res) != 0 || res == NULL)
+		return -1;
+	return (long)pw.pw_uid;
+}
+
+int
+kiosk_open(struct lockerd *d)
+{
+	const struct config_kiosk *k = &d->cfg.kiosk;
+	long uid = -1;
+
+	if (k->client_user[0] != '\0' && (uid = user_uid(k->client_user)) ==
+	    -1) {
+		log_error("[kiosk] client_user %s: no such user", k->client_user);
+		return -1;
+	}
+	if ((d->kiosk = jsonl_open(d->cfg.kiosk_socket, 0660, kiosk_handle,
+	    d)) == NULL)
+		return -1;
+	jsonl_screen_errors(d->kiosk);
+	jsonl_limits(d->kiosk, k->client_timeout_s, k->client_idle_s);
+	jsonl_trust_uid(d->kiosk, uid);
+	if (uid >= 0)
+		log_info("keypad: a slot is kept for uid %ld (%s)", uid,
+		    k->client_user);
+	return 0;
+}
+
 static json_t *
 refusal_reply(enum resv_refusal r)
 {
@@ -103,6 +316,12 @@ refusal_reply(enum resv_refusal r)
 		return refuse("full", "No free cell of that size.", 0);
 	case RESV_ERR_NOTHING:
 		return refuse("nothing", "Nothing to do.", 0);
+	case RESV_ERR_IN_PROGRESS:
+		return refuse("in_progress", "Your cell is opening. Please "
+		    "wait a moment.", 0);
+	case RESV_ERR_PHONE_NEEDED:
+		return refuse("phone_needed", "Please enter the last 4 digits "
+		    "of your phone number.", 0);
 	default:
 		return refuse("not_allowed", resv_refusal_str(r), 0);
 	}
@@ -149,28 +368,53 @@ opened(struct lockerd *d, struct lockerd_step *s, int slot)
 static json_t *
 throttled(struct lockerd *d)
 {
-	int64_t wait = throttle_wait(&d->code_thr, util_mono_ms());
+	int64_t wait = throttle_wait(&d->thr.code, util_mono_ms());
 
 	if (wait == 0)
 		return NULL;
-	throttle_refused(&d->code_thr);
+	throttle_refused(&d->thr.code);
 	return refuse("wait", "Too many wrong codes. Please wait.", wait);
 }
 
-/* What a code or credential came to: a failure counts, a success opens. */
+/*
+ * What a code or credential came to: a failure counts; a success opens,
+ * but gives no tries back until its door is seen open (kiosk_step_done);
+ * a code in use (its unlock under way) changes nothing.
+ */
 static json_t *
 outcome(struct lockerd *d, struct lockerd_step *s, enum resv_refusal r,
     int slot)
 {
 	if (r == RESV_ERR_NO_CODE) {
-		if (throttle_fail(&d->code_thr, util_mono_ms()))
-			guessing(d, "code", &d->code_thr);
+		if (throttle_fail(&d->thr.code, util_mono_ms()))
+			guessing(d, "code", &d->thr.code);
+		save_code(d);
 		return refusal_reply(r);
 	}
 	if (r != RESV_OK)
 		return refusal_reply(r);
-	throttle_success(&d->code_thr, util_mono_ms());
 	return opened(d, s, slot);
+}
+
+void
+kiosk_step_done(struct lockerd *d, const struct lockerd_step *s)
+{
+	const struct resv_action *a;
+	int i;
+
+	/* A reservation is saved "open" once: when the door of its code
+	 * was seen open. Nothing else makes one. */
+	for (i = 0; i < s->resv.n; i++) {
+		a = &s->resv.a[i];
+		if (a->type != RESV_ACT_SAVE || a->r.state != RESV_OPEN ||
+		    !a->r.door_seen_open)
+			continue;
+		if (throttle_code_opened(&d->thr, a->r.id, util_mono_ms())) {
+			log_debug("keypad: reservation %lld opened: the code "
+			    "throttle is full again", (long long)a->r.id);
+			save_code(d);
+		}
+	}
 }
 
 static json_t *
@@ -210,6 +454,9 @@ scan(struct lockerd *d, json_t *req, struct lockerd_step *s)
 {
 	const char *text = json_string_value(json_object_get(req,
 	    "credential"));
+	json_t *pv = json_object_get(req, "phone");
+	const char *phone = json_string_value(pv);
+	uint8_t phone_hash[CODES_HASH_LEN];
 	const char *reason = NULL;
 	struct codes_cred c;
 	enum resv_refusal r;
@@ -219,15 +466,20 @@ scan(struct lockerd *d, json_t *req, struct lockerd_step *s)
 	if (text == NULL)
 		return refuse_bad("Field 'credential' (the scanned text) is "
 		    "missing.");
+	if (pv != NULL && (phone == NULL || !codes_valid_digits(phone, 4, 4)))
+		return refuse_bad("Field 'phone' must be the last 4 digits of "
+		    "the phone number.");
 	if ((wait = throttled(d)) != NULL)
 		return wait;
+	if (phone != NULL)
+		codes_hash(d->keys, "phone", phone, phone_hash);
 	if (codes_cred_parse(d->keys->sign_pk, text, &c, &reason) == -1 ||
 	    strcmp(c.locker, d->cfg.locker_id) != 0)
 		r = RESV_ERR_NO_CODE;
 	else
 		r = resv_enter_credential(&d->resv, c.resv, c.cell,
-		    c.code_hash, c.not_after * 1000, lockerd_now(), &s->resv,
-		    &slot);
+		    c.code_hash, phone ? phone_hash : NULL, c.not_after * 1000,
+		    lockerd_now(), &s->resv, &slot);
 	d->steptime.checked = util_mono_us();
 	if (r == RESV_ERR_NO_CODE)
 		log_info("keypad: a scanned credential was refused: %s",
@@ -257,13 +509,60 @@ end_session(struct lockerd *d, const char *why)
 	d->resv.retrieve_staff[0] = '\0';
 }
 
+/* What the session's account was when it began: any change shows. */
+static void
+account_digest(const struct staff *st, uint8_t out[CODES_HASH_LEN])
+{
+	char buf[STAFF_ID_MAX + STAFF_NAME_MAX + STAFF_HASH_MAX + 64];
+	int n;
+
+	n = snprintf(buf, sizeof(buf), "%s\n%s\n%s\n%s\n%d\n%lld", st->id,
+	    st->role, st->name, st->pin_hash, st->revoked,
+	    (long long)st->last_seq);
+	codes_digest(buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n :
+	    sizeof(buf) - 1, out);
+	sodium_memzero(buf, sizeof(buf));
+}
+
 void
-kiosk_staff_revoked(struct lockerd *d, const char *id)
+kiosk_staff_changed(struct lockerd *d, const char *id, const char *why)
 {
 	if (d->session.id[0] == '\0' || strcmp(d->session.id, id) != 0)
 		return;
-	end_session(d, "revoked");
-	kiosk_notice(d, "session_ended", 0, "Staff session ended.");
+	end_session(d, why);
+	kiosk_notice(d, "session_ended", 0, "Staff session ended: the staff "
+	    "account was changed. Please log in again.");
+}
+
+void
+kiosk_staff_revoked(struct lockerd *d, const char *id)
+{
+	kiosk_staff_changed(d, id, "revoked");
+}
+
+/*
+ * The session's account as stored now: 0 as it was at the log-in, 1
+ * changed or gone (whatever changed it: the platform, --add-staff, a
+ * hand in the database), -1 if it cannot be read.
+ */
+static int
+account_unchanged(struct lockerd *d)
+{
+	uint8_t now_row[CODES_HASH_LEN];
+	struct staff st;
+	int rc, revoked;
+
+	rc = staff_get(d->store, d->keys->sign_pk, d->session.id, &st);
+	revoked = st.revoked;
+	if (rc == 0 && !revoked)
+		account_digest(&st, now_row);
+	sodium_memzero(&st, sizeof(st));
+	if (rc == -1)
+		return -1;
+	if (rc != 0 || revoked)
+		return 1;
+	return sodium_memcmp(now_row, d->session_row, sizeof(now_row)) == 0 ?
+	    0 : 1;
 }
 
 int64_t
@@ -278,13 +577,85 @@ kiosk_tick(struct lockerd *d)
 	return INT64_MAX;
 }
 
+/* The bucket of a staff id typed: a keyed hash, never the id itself. */
+static void
+pin_key(struct lockerd *d, const char *id, uint8_t key[THROTTLE_KEY_LEN])
+{
+	uint8_t h[CODES_HASH_LEN];
+
+	codes_hash(d->keys, "staff_id", id, h);
+	memcpy(key, h, THROTTLE_KEY_LEN);
+}
+
+/*
+ * The hash an unknown id is checked against: made at the configured cost,
+ * so that it takes as long as every real account's (staff_cost_check()
+ * holds the platform's to that cost, --add-staff makes them with it). It
+ * is made once per cost; it never matches, its PIN being no secret.
+ */
+static const char *
+pin_dummy(const struct config_kiosk *k)
+{
+	static char hash[STAFF_HASH_MAX];
+	static int kib, passes;
+
+	if (hash[0] != '\0' && kib == k->pin_hash_kib &&
+	    passes == k->pin_hash_passes)
+		return hash;
+	if (staff_hash_pin("000000", k->pin_hash_kib, k->pin_hash_passes,
+	    hash) == -1) {
+		hash[0] = '\0';
+		return NULL;
+	}
+	kib = k->pin_hash_kib;
+	passes = k->pin_hash_passes;
+	return hash;
+}
+
+/*
+ * A stored hash that costs more than the configured cost (made before a
+ * change, or written by hand) is not verified: it would hold the whole
+ * loop up. The account answers as an unknown id does, until re-provisioned.
+ */
+static int
+cost_bounded(struct lockerd *d, const struct staff *st)
+{
+	long kib, passes;
+
+	if (staff_hash_cost(st->pin_hash, &kib, &passes) == 0 &&
+	    kib <= d->cfg.kiosk.pin_hash_kib &&
+	    passes <= d->cfg.kiosk.pin_hash_passes)
+		return 1;
+	log_warn("keypad: staff %s: the PIN hash costs more than [kiosk] "
+	    "pin_hash_kib = %d, pin_hash_passes = %d allow (or is no Argon2id "
+	    "hash); not verified: provision the account again", st->id,
+	    d->cfg.kiosk.pin_hash_kib, d->cfg.kiosk.pin_hash_passes);
+	return 0;
+}
+
+/* A failed log-in, charged to the keypad and to the id it named. */
+static void
+pin_failed(struct lockerd *d, const uint8_t key[THROTTLE_KEY_LEN],
+    const char *known_id)
+{
+	struct throttle_account evicted;
+	int64_t now = util_mono_ms();
+	int alarm;
+
+	throttle_account_get(&d->thr, key, now, &evicted);
+	alarm = throttle_pin_fail(&d->thr, key, now);
+	save_pin(d, key, &evicted);
+	if (alarm)
+		pin_guessing(d, alarm, known_id);
+}
+
 static json_t *
 login(struct lockerd *d, json_t *req)
 {
 	const char *id = json_string_value(json_object_get(req, "staff"));
 	const char *pin = json_string_value(json_object_get(req, "pin"));
-	/* Unknown ids cost as much as wrong PINs: no id enumeration. */
-	static char dummy[STAFF_HASH_MAX];
+	uint8_t key[THROTTLE_KEY_LEN];
+	const char *dummy;
 	struct staff st;
 	int64_t wait;
 	int rc, ok;
@@ -292,34 +663,41 @@ login(struct lockerd *d, json_t *req)
 
 	if (id == NULL || pin == NULL)
 		return refuse_bad("Fields 'staff' and 'pin' are needed.");
-	if ((wait = throttle_wait(&d->pin_thr, util_mono_ms())) > 0) {
-		throttle_refused(&d->pin_thr);
+	/* Made (once) before the id is looked up: the first log-in after a
+	 * start pays for it whatever id it names, so that it tells nothing. */
+	if ((dummy = pin_dummy(&d->cfg.kiosk)) == NULL)
+		return refuse("unrecorded", "The staff list cannot be read "
+		    "now.", 0);
+	pin_key(d, id, key);
+	if ((wait = throttle_pin_wait(&d->thr, key, util_mono_ms())) > 0) {
+		throttle_refused(&d->thr.pin);
 		return refuse("wait", "Too many wrong log-ins. Please wait.",
 		    wait);
 	}
 	rc = staff_valid_id(id) ? staff_get(d->store, d->keys->sign_pk, id,
 	    &st) : 1;
-	if (rc == 0 && st.revoked)
+	if (rc == 0 && (st.revoked || !cost_bounded(d, &st)))
 		rc = 1;
 	if (rc == -1)
 		return refuse("unrecorded", "The staff list cannot be read "
 		    "now.", 0);
+	/* Unknown ids cost as much as wrong PINs: no id enumeration. */
 	if (rc != 0) {
-		if (dummy[0] == '\0')
-			staff_hash_pin("000000", dummy);
 		memset(&st, 0, sizeof(st));
-		memcpy(st.pin_hash, dummy, sizeof(st.pin_hash));
+		util_strlcpy(st.pin_hash, dummy, sizeof(st.pin_hash));
 	}
 	ok = staff_check_pin(&st, pin) && rc == 0;
 	if (!ok) {
 		sodium_memzero(&st, sizeof(st));
 		log_info("keypad: failed staff log-in");
-		if (throttle_fail(&d->pin_thr, util_mono_ms()))
-			guessing(d, "pin", &d->pin_thr);
+		pin_failed(d, key, rc == 0 ? id : NULL);
 		return refuse("bad_login", "Wrong staff id or PIN.", 0);
 	}
-	throttle_success(&d->pin_thr, util_mono_ms());
+	/* Only this account's own bucket, and its own failures, come back. */
+	throttle_pin_ok(&d->thr, key, util_mono_ms());
+	save_pin(d, key, NULL);
 	end_session(d, "another log-in");
+	account_digest(&st, d->session_row);
 	d->session = st;
 	sodium_memzero(d->session.pin_hash, sizeof(d->session.pin_hash));
 	sodium_memzero(&st, sizeof(st));
@@ -474,7 +852,7 @@ staff_cell(struct lockerd *d, const char *op, json_t *req)
 static json_t *
 status(struct lockerd *d)
 {
-	int64_t wait = throttle_wait(&d->code_thr, util_mono_ms());
+	int64_t wait = throttle_wait(&d->thr.code, util_mono_ms());
 	int free_[3] = { 0, 0, 0 }, i;
 
 	for (i = 0; i < d->bank.ncells; i++) {
@@ -494,6 +872,7 @@ static json_t *
 dispatch(struct lockerd *d, json_t *req, struct lockerd_step *s)
 {
 	const char *op = json_string_value(json_object_get(req, "op"));
+	json_t *reply;
 
 	if (op == NULL)
 		return refuse_bad("Field 'op' (a string) is missing.");
@@ -518,11 +897,23 @@ dispatch(struct lockerd *d, json_t *req, struct lockerd_step *s)
 			end_session(d, "timeout");
 		return refuse("not_logged_in", "Please log in first.", 0);
 	}
-	d->session_until = util_mono_ms() +
-	    (int64_t)d->cfg.kiosk.staff_session_s * 1000;
-	if (strcmp(op, "open") == 0 || strcmp(op, "service") == 0)
-		return staff_cell(d, op, req);
-	return staff_resv(d, op, req, s);
+	switch (account_unchanged(d)) {
+	case -1:
+		return refuse("unrecorded", "The staff list cannot be read "
+		    "now.", 0);
+	case 1:
+		kiosk_staff_changed(d, d->session.id, "account changed");
+		return refuse("not_logged_in", "The staff account was changed. "
+		    "Please log in again.", 0);
+	}
+	reply = strcmp(op, "open") == 0 || strcmp(op, "service") == 0 ?
+	    staff_cell(d, op, req) : staff_resv(d, op, req, s);
+	/* Only a request that was carried out keeps the session going: a
+	 * stream of refused ones does not hold an abandoned session open. */
+	if (json_is_true(json_object_get(reply, "ok")))
+		d->session_until = util_mono_ms() +
+		    (int64_t)d->cfg.kiosk.staff_session_s * 1000;
+	return reply;
 }
 
 json_t *

@@ -445,7 +445,14 @@ cmd_staff(struct lockerd *d, const struct cmd *c)
 	int add = strcmp(c->op, "staff_add") == 0, rc, existed;
 	struct staff st;
 	json_t *x, *res = NULL;
+	char why[160];
 
+	/* A PIN hash that costs more stalls the loop at every log-in, one
+	 * that costs anything else tells the account apart (staff.h). */
+	if (add && staff_cost_check(field_str(c, "pin_hash"),
+	    d->cfg.kiosk.pin_hash_kib, d->cfg.kiosk.pin_hash_passes, why,
+	    sizeof(why)) == -1)
+		return refusal("refused", "pin_hash", why);
 	rc = staff_get(d->store, d->keys->sign_pk, who, &st);
 	if (rc == -1)
 		return refusal("unrecorded", NULL, "the staff list cannot be "

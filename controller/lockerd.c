@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "custody.h"
 #include "ledger.h"
@@ -239,6 +240,8 @@ lockerd_staff_change(struct lockerd *d, struct staff *st, const char *type,
 	}
 	if (tx_commit(d) == -1)
 		return -1;
+	kiosk_staff_changed(d, st->id, st->revoked ? "revoked" :
+	    "account changed");
 	link_kick(d);
 	return 0;
 }
@@ -566,8 +569,10 @@ lockerd_run(struct lockerd *d, struct lockerd_step *s)
 		}
 	}
 	/* After the relays: the platform hears of it, the door goes first. */
-	if (need_tx)
+	if (need_tx) {
+		kiosk_step_done(d, s);
 		link_kick(d);
+	}
 	if (need_tx && d->unrecorded) {
 		log_info("recording works again");
 		d->unrecorded = 0;
@@ -676,10 +681,84 @@ lockerd_tick(struct lockerd *d)
 	free(s);
 }
 
-int
-lockerd_state_dir(const char *path)
+/* "group rw-, others r--" of a mode, for the refusal. */
+static void
+mode_words(mode_t m, char *buf, size_t len)
 {
+	snprintf(buf, len, "group %c%c%c, others %c%c%c",
+	    m & S_IRGRP ? 'r' : '-', m & S_IWGRP ? 'w' : '-',
+	    m & S_IXGRP ? 'x' : '-', m & S_IROTH ? 'r' : '-',
+	    m & S_IWOTH ? 'w' : '-', m & S_IXOTH ? 'x' : '-');
+}
+
+/*
+ * A path lockerd keeps must be out of other users' reach: none of the
+ * forbid bits, and owned by lockerd's uid (or root, who may anyway).
+ * Another user who could read the database would read undelivered codes;
+ * one who could write a socket's folder could put their own listener in
+ * the socket's place and hear staff log-ins. Missing is fine (created
+ * later, at the right mode) unless must_exist.
+ */
+static int
+check_mode(const struct config *c, const char *what, const char *path,
+    mode_t forbid, mode_t wanted, int must_exist)
+{
+	char who[40], msg[CONFIG_PATH_MAX + 256];
 	struct stat st;
+	mode_t m;
+
+	if (stat(path, &st) == -1) {
+		if (errno == ENOENT && !must_exist)
+			return 0;
+		log_error("%s %s: %s", what, path, strerror(errno));
+		return -1;
+	}
+	m = st.st_mode & 07777;
+	if (st.st_uid != geteuid() && st.st_uid != 0)
+		snprintf(msg, sizeof(msg), "%s %s is owned by uid %ld, not by "
+		    "lockerd's uid %ld, so that user may change it (mode "
+		    "%04o); wanted: owned by uid %ld, mode %04o or stricter",
+		    what, path, (long)st.st_uid, (long)geteuid(),
+		    (unsigned)m, (long)geteuid(), (unsigned)wanted);
+	else if ((m & forbid) != 0) {
+		mode_words(m, who, sizeof(who));
+		snprintf(msg, sizeof(msg), "%s %s has mode %04o (%s): other "
+		    "users may read or write it; wanted %04o or stricter "
+		    "(chmod %o %s)", what, path, (unsigned)m, who,
+		    (unsigned)wanted, (unsigned)(m & ~forbid & 07777), path);
+	} else
+		return 0;
+	if (c->check_modes) {
+		log_error("%s; or set [locker] check_modes = warn", msg);
+		return -1;
+	}
+	log_warn("%s ([locker] check_modes = warn: starting anyway)", msg);
+	return 0;
+}
+
+/* The folder of a socket or file path ("." if it names none). */
+static void
+folder_of(const char *path, char *out, size_t len)
+{
+	const char *slash = strrchr(path, '/');
+
+	if (slash == NULL)
+		snprintf(out, len, ".");
+	else if (slash == path)
+		snprintf(out, len, "/");
+	else
+		snprintf(out, len, "%.*s", (int)(slash - path), path);
+}
+
+int
+lockerd_state_dir(const struct config *c)
+{
+	static const char *const db_files[] = { "", "-wal", "-shm",
+		"-journal" };
+	char dir[CONFIG_PATH_MAX], file[CONFIG_PATH_MAX + 16];
+	const char *path = c->state_dir;
+	struct stat st;
+	size_t i;
 
 	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
 		log_error("state folder %s: %s", path, strerror(errno));
@@ -688,6 +767,33 @@ lockerd_state_dir(const char *path)
 	if (stat(path, &st) == -1 || !S_ISDIR(st.st_mode)) {
 		log_error("state folder %s: not a folder", path);
 		return -1;
+	}
+	if (check_mode(c, "state folder", path, 077, 0700, 1) == -1)
+		return -1;
+	/* The database and what SQLite keeps beside it hold codes. */
+	if (strcmp(c->database, ":memory:") != 0) {
+		for (i = 0; i < sizeof(db_files) / sizeof(db_files[0]); i++) {
+			snprintf(file, sizeof(file), "%s%s", c->database,
+			    db_files[i]);
+			if (check_mode(c, "database file", file, 077, 0600,
+			    0) == -1)
+				return -1;
+		}
+		folder_of(c->database, dir, sizeof(dir));
+		if (strcmp(dir, path) != 0 && check_mode(c, "database "
+		    "folder", dir, 027, 0750, 0) == -1)
+			return -1;
+	}
+	/* Whoever may write a socket's folder may replace the socket. */
+	folder_of(c->kiosk_socket, dir, sizeof(dir));
+	if (strcmp(dir, path) != 0 && check_mode(c, "keypad socket folder",
+	    dir, 027, 0750, 0) == -1)
+		return -1;
+	if (c->control_socket[0] != '\0') {
+		folder_of(c->control_socket, dir, sizeof(dir));
+		if (strcmp(dir, path) != 0 && check_mode(c, "control socket "
+		    "folder", dir, 027, 0750, 0) == -1)
+			return -1;
 	}
 	return 0;
 }
@@ -970,7 +1076,7 @@ lockerd_start_offline(struct lockerd *d)
 	struct bank_timing t;
 	char err[512];
 
-	if (lockerd_state_dir(d->cfg.state_dir) == -1)
+	if (lockerd_state_dir(&d->cfg) == -1)
 		return -1;
 	if ((d->store = store_open(d->cfg.database, err, sizeof(err))) ==
 	    NULL) {
@@ -1000,13 +1106,8 @@ lockerd_start_offline(struct lockerd *d)
 	    (int64_t)d->cfg.timing.door_left_open_repeat_s * 1000;
 	bank_init(&d->bank, d->cells, d->cfg.ncells, d->boards,
 	    d->cfg.nboards, &t);
-	throttle_init(&d->code_thr, d->cfg.kiosk.code_burst,
-	    (int64_t)d->cfg.kiosk.code_refill_s * 1000, util_mono_ms());
-	throttle_init(&d->pin_thr, d->cfg.kiosk.pin_burst,
-	    (int64_t)d->cfg.kiosk.pin_refill_s * 1000, util_mono_ms());
-	/* A guesser who keeps the keypad throttled is reported again every
-	 * 100 failures (about 8 hours at the default refill). */
-	d->code_thr.realarm = d->pin_thr.realarm = KIOSK_REALARM;
+	if (kiosk_start(d) == -1)
+		return -1;
 	/* Not failures here: every command takes a token (link.c). */
 	throttle_init_rate(&d->cmd_thr, d->cfg.mqtt.command_burst,
 	    d->cfg.mqtt.command_rate, util_mono_ms());
@@ -1026,10 +1127,11 @@ lockerd_start(struct lockerd *d)
 	    (d->ctl = jsonl_open(d->cfg.control_socket, 0600, ctl_handle, d)) ==
 	    NULL)
 		return -1;
-	if ((d->kiosk = jsonl_open(d->cfg.kiosk_socket, 0660, kiosk_handle,
-	    d)) == NULL)
+	if (d->ctl != NULL)
+		jsonl_limits(d->ctl, d->cfg.control.client_timeout_s,
+		    d->cfg.control.client_idle_s);
+	if (kiosk_open(d) == -1)
 		return -1;
-	jsonl_screen_errors(d->kiosk);
 	log_info("locker %s: %d cells on %d boards, boot %lld, ready",
 	    d->cfg.locker_id, d->cfg.ncells, d->cfg.nboards,
 	    (long long)d->boot);
@@ -1154,6 +1256,15 @@ restart_keys(const struct config *o, const struct config *n,
 	RL_INT("[kiosk]", "code_refill_s", o, n, kiosk.code_refill_s);
 	RL_INT("[kiosk]", "pin_burst", o, n, kiosk.pin_burst);
 	RL_INT("[kiosk]", "pin_refill_s", o, n, kiosk.pin_refill_s);
+	RL_INT("[kiosk]", "pin_hash_kib", o, n, kiosk.pin_hash_kib);
+	RL_INT("[kiosk]", "pin_hash_passes", o, n, kiosk.pin_hash_passes);
+	RL_INT("[kiosk]", "client_timeout_s", o, n, kiosk.client_timeout_s);
+	RL_INT("[kiosk]", "client_idle_s", o, n, kiosk.client_idle_s);
+	RL_STR("[kiosk]", "client_user", o, n, kiosk.client_user);
+	RL_INT("[control]", "client_timeout_s", o, n,
+	    control.client_timeout_s);
+	RL_INT("[control]", "client_idle_s", o, n, control.client_idle_s);
+	RL_INT("[locker]", "check_modes", o, n, check_modes);
 	RL_STR("[mqtt]", "host", o, n, mqtt.host);
 	RL_INT("[mqtt]", "port", o, n, mqtt.port);
 	/* An empty client_id is the locker id, named above. */

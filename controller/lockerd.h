@@ -102,10 +102,12 @@ struct lockerd {
 	uint8_t ledger_prev[32];        /* digest of the last committed event */
 	uint8_t ledger_pend[32];        /* ... of the last one in this tx */
 	struct jsonl *kiosk;
-	struct throttle code_thr, pin_thr;
+	struct throttle_keypad thr;     /* codes and PINs (kiosk.c) */
 	struct throttle cmd_thr;        /* platform commands (link.c) */
 	struct staff session;           /* id "" when nobody is logged in */
 	int64_t session_until;          /* monotonic ms */
+	/* The account as the session began: any change to it ends it. */
+	uint8_t session_row[CODES_HASH_LEN];
 	struct platform *link;          /* NULL: no [mqtt] host */
 	struct lockerd_outbox outbox;
 	/* Retained cell states: changed since published, what was sent. */
@@ -115,8 +117,13 @@ struct lockerd {
 	struct lockerd_steptime steptime;
 };
 
-/* The state folder: created 0700 if missing; -1 if it cannot be. */
-int lockerd_state_dir(const char *path);
+/*
+ * The state folder: created 0700 if missing; then it, the database (and
+ * its -wal, -shm) and each socket's folder must be lockerd's own, out of
+ * other users' reach ([locker] check_modes). -1, with the path, the mode
+ * found and the mode wanted in the log, if not.
+ */
+int lockerd_state_dir(const struct config *c);
 /* Start-up: database, cells, boards, first read, reconciliation. */
 int lockerd_start(struct lockerd *d);
 /*
@@ -184,6 +191,21 @@ void kiosk_notice(struct lockerd *d, const char *what, int cell,
 int64_t kiosk_tick(struct lockerd *d);
 /* A revoked account's keypad session ends at once. */
 void kiosk_staff_revoked(struct lockerd *d, const char *id);
+/*
+ * An account changed in any way (PIN, role, name, revoked): a keypad
+ * session of it ends at once, with a notice. lockerd_staff_change calls
+ * it for every change it records.
+ */
+void kiosk_staff_changed(struct lockerd *d, const char *id, const char *why);
+/* Start-up: the keypad throttles, as the database last saw them. */
+int kiosk_start(struct lockerd *d);
+/* Start-up: the keypad socket, its client limits and kept slot. */
+int kiosk_open(struct lockerd *d);
+/*
+ * After a step was recorded: a door that opened for a code gives the
+ * code throttle back its tries (once per code). lockerd_run calls it.
+ */
+void kiosk_step_done(struct lockerd *d, const struct lockerd_step *s);
 /* The QR credential for a reservation holding a code, into out. */
 int lockerd_credential(struct lockerd *d, const struct resv *r, char *out,
     size_t outlen);

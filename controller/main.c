@@ -177,7 +177,7 @@ run(struct lockerd *d, int sigfd)
 {
 	struct pollfd pfd[PFD_MAX];
 	struct turn turn = { 0 };
-	int64_t next, now, t, wall;
+	int64_t next, now, t, wall, tctl, tkiosk;
 	int n, nctl, nkiosk, timeout;
 
 	for (;;) {
@@ -188,6 +188,9 @@ run(struct lockerd *d, int sigfd)
 		pfd[PFD_MB].events = POLLIN;
 		pfd[PFD_LINK].fd = d->link ? platform_fd(d->link) : -1;
 		pfd[PFD_LINK].events = POLLIN;
+		/* Slow and idle clients go before their slots are polled. */
+		tctl = jsonl_tick(d->ctl, util_mono_ms());
+		tkiosk = jsonl_tick(d->kiosk, util_mono_ms());
 		nctl = d->ctl ? jsonl_pollfds(d->ctl, &pfd[PFD_CTL],
 		    PFD_MAX - PFD_CTL) : 0;
 		nkiosk = d->kiosk == NULL ? 0 : jsonl_pollfds(d->kiosk, &pfd[PFD_CTL + nctl],
@@ -196,6 +199,10 @@ run(struct lockerd *d, int sigfd)
 		now = util_mono_ms();
 		if ((t = kiosk_tick(d)) < next)
 			next = t;
+		if (tctl < next)
+			next = tctl;
+		if (tkiosk < next)
+			next = tkiosk;
 		/* Events waiting for the database to take them again. */
 		if (d->pend.n > 0 && d->pend_retry < next)
 			next = d->pend_retry;
@@ -337,7 +344,8 @@ add_staff(struct lockerd *d, const char *id, const char *name,
 		fprintf(stderr, "lockerd: no PIN, or the two did not match\n");
 		goto out;
 	}
-	if (staff_hash_pin(pin, st.pin_hash) == -1) {
+	if (staff_hash_pin(pin, d->cfg.kiosk.pin_hash_kib,
+	    d->cfg.kiosk.pin_hash_passes, st.pin_hash) == -1) {
 		fprintf(stderr, "lockerd: the PIN must be 6-12 digits\n");
 		goto out;
 	}
@@ -616,7 +624,7 @@ main(int argc, char **argv)
 		return probe(&d.cfg, probe_board, pulse);
 	}
 	if (staff_id != NULL || verify || pubkey) {
-		if (lockerd_state_dir(d.cfg.state_dir) == -1)
+		if (lockerd_state_dir(&d.cfg) == -1)
 			return 1;
 		return staff_id != NULL ? add_staff(&d, staff_id, staff_name,
 		    staff_role) : verify ? verify_ledger(&d) : public_key(&d);

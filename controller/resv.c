@@ -55,6 +55,8 @@ static const char *const refusal_names[] = {
 	[RESV_ERR_NOTHING] = "nothing to do",
 	[RESV_ERR_TABLE_FULL] = "too many reservations",
 	[RESV_ERR_CANCELLED] = "this reservation was cancelled",
+	[RESV_ERR_IN_PROGRESS] = "this code is in use: its cell is opening",
+	[RESV_ERR_PHONE_NEEDED] = "the last 4 digits of the phone are needed",
 };
 
 const char *
@@ -412,8 +414,9 @@ consume(struct resv_table *t, int slot, int64_t now,
 		 * same code re-opens the same cell within the grace window. */
 		if (r->door_seen_open || now - r->consumed_at >= t->t.grace_ms)
 			return RESV_ERR_USED;
+		/* Its unlock is still under way: in use, not good again. */
 		if (c->unlocking && !c->restart_wait)
-			return RESV_OK;
+			return RESV_ERR_IN_PROGRESS;
 	} else if (!code_live(r->state))
 		return RESV_ERR_USED;
 	else if (r->kind == RESV_DROPOFF && now >= r->valid_until)
@@ -498,8 +501,8 @@ resv_enter(struct resv_table *t, const uint8_t *code_hash,
 
 enum resv_refusal
 resv_enter_credential(struct resv_table *t, int64_t id, int cell_number,
-    const uint8_t *code_hash, int64_t not_after, int64_t now,
-    struct resv_actions *out, int *slot_out)
+    const uint8_t *code_hash, const uint8_t *phone_hash, int64_t not_after,
+    int64_t now, struct resv_actions *out, int *slot_out)
 {
 	int slot = resv_slot_of_id(t, id);
 	struct resv *r;
@@ -513,6 +516,10 @@ resv_enter_credential(struct resv_table *t, int64_t id, int cell_number,
 	r = &t->r[slot];
 	if (!r->has_code || !hash_equal(r->code_hash, code_hash) ||
 	    t->bank->cells[r->cell].number != cell_number)
+		return RESV_ERR_NO_CODE;
+	if (r->has_phone && phone_hash == NULL)
+		return RESV_ERR_PHONE_NEEDED;
+	if (r->has_phone && !hash_equal(r->phone_hash, phone_hash))
 		return RESV_ERR_NO_CODE;
 	*slot_out = slot;
 	return consume(t, slot, now, out);

@@ -102,6 +102,8 @@ enum resv_refusal {
 	RESV_ERR_NOTHING,        /* nothing to retrieve / take back */
 	RESV_ERR_TABLE_FULL,
 	RESV_ERR_CANCELLED,      /* the reservation was cancelled */
+	RESV_ERR_IN_PROGRESS,    /* the code is in use: its unlock is under way */
+	RESV_ERR_PHONE_NEEDED,   /* a scanned credential: now the phone digits */
 };
 
 struct resv_timing {
@@ -148,14 +150,25 @@ void resv_code_set(struct resv_table *t, int slot, const uint8_t *hash,
 /* Is this hash already some live reservation's code? */
 int resv_code_taken(const struct resv_table *t, const uint8_t *hash);
 
-/* The keypad: a code (hash) and optional second factor (hash or NULL). */
+/*
+ * The keypad: a code (hash) and optional second factor (hash or NULL).
+ * A code whose unlock is still under way is RESV_ERR_IN_PROGRESS: it is
+ * neither a failure nor a new success (a jammed door must not turn one
+ * real code into endless successes).
+ */
 enum resv_refusal resv_enter(struct resv_table *t, const uint8_t *code_hash,
     const uint8_t *phone_hash, int64_t now, struct resv_actions *out,
     int *slot);
-/* A scanned credential names the reservation and the code hash. */
+/*
+ * A scanned credential names the reservation and the code hash. The
+ * second factor applies to it as to the typed code: phone_hash NULL for
+ * a reservation that asks for one is RESV_ERR_PHONE_NEEDED (a credential
+ * is the locker's own signature, not a guess, so the screen may ask for
+ * the digits); wrong digits are RESV_ERR_NO_CODE.
+ */
 enum resv_refusal resv_enter_credential(struct resv_table *t, int64_t id,
-    int cell_number, const uint8_t *code_hash, int64_t not_after,
-    int64_t now, struct resv_actions *out, int *slot);
+    int cell_number, const uint8_t *code_hash, const uint8_t *phone_hash,
+    int64_t not_after, int64_t now, struct resv_actions *out, int *slot);
 
 /* From the bank: what the doors did. */
 void resv_door_opened(struct resv_table *t, int cell, int64_t now,

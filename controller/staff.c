@@ -14,13 +14,12 @@
 #include "util.h"
 
 /*
- * Argon2id cost: 8 MiB and 3 passes, about 30 ms on a small ARM board.
- * A 6-digit PIN cannot resist an offline search whatever the cost; the
- * hash keeps a stolen database from handing the PINs over at a glance,
- * and the keypad throttle is what stops guessing at the locker.
+ * Argon2id cost ([kiosk] pin_hash_kib, pin_hash_passes): by default 8 MiB
+ * and 3 passes, about 30 ms on a small ARM board. A 6-digit PIN cannot
+ * resist an offline search whatever the cost; the hash keeps a stolen
+ * database from handing the PINs over at a glance, and the keypad
+ * throttle is what stops guessing at the locker.
  */
-#define PIN_OPSLIMIT 3
-#define PIN_MEMLIMIT (8u << 20)
 
 int
 staff_valid_id(const char *id)
@@ -45,13 +44,71 @@ staff_valid_role(const char *role)
 }
 
 int
-staff_hash_pin(const char *pin, char out[STAFF_HASH_MAX])
+staff_hash_pin(const char *pin, int kib, int passes,
+    char out[STAFF_HASH_MAX])
 {
-	if (!codes_valid_digits(pin, STAFF_PIN_MIN, STAFF_PIN_MAX))
+	if (!codes_valid_digits(pin, STAFF_PIN_MIN, STAFF_PIN_MAX) ||
+	    kib < 8 || passes < 1)
 		return -1;
-	if (crypto_pwhash_str_alg(out, pin, strlen(pin), PIN_OPSLIMIT,
-	    PIN_MEMLIMIT, crypto_pwhash_ALG_ARGON2ID13) != 0)
+	if (crypto_pwhash_str_alg(out, pin, strlen(pin),
+	    (unsigned long long)passes, (size_t)kib * 1024,
+	    crypto_pwhash_ALG_ARGON2ID13) != 0)
 		return -1;
+	return 0;
+}
+
+/* A decimal number of 1-9 digits ending at 'end'; -1 if none. */
+static long
+cost_number(const char **p, char end)
+{
+	long v = 0;
+	int n = 0;
+
+	while (**p >= '0' && **p <= '9' && n < 9) {
+		v = v * 10 + (**p - '0');
+		(*p)++;
+		n++;
+	}
+	if (n == 0 || **p != end)
+		return -1;
+	(*p)++;
+	return v;
+}
+
+int
+staff_hash_cost(const char *hash, long *kib, long *passes)
+{
+	static const char pre[] = "$argon2id$v=19$m=";
+	const char *p = hash;
+
+	if (strncmp(p, pre, sizeof(pre) - 1) != 0)
+		return -1;
+	p += sizeof(pre) - 1;
+	if ((*kib = cost_number(&p, ',')) < 0 || strncmp(p, "t=", 2) != 0)
+		return -1;
+	p += 2;
+	if ((*passes = cost_number(&p, ',')) < 0 || strncmp(p, "p=1$", 4) != 0)
+		return -1;
+	return 0;
+}
+
+int
+staff_cost_check(const char *hash, int kib, int passes, char *why,
+    size_t len)
+{
+	long m, t;
+
+	if (staff_hash_cost(hash, &m, &t) == -1) {
+		snprintf(why, len, "must be an Argon2id hash "
+		    "($argon2id$v=19$m=KIB,t=PASSES,p=1$...)");
+		return -1;
+	}
+	if (m != kib || t != passes) {
+		snprintf(why, len, "costs m=%ld,t=%ld; this locker verifies "
+		    "PINs at exactly m=%d,t=%d ([kiosk] pin_hash_kib, "
+		    "pin_hash_passes)", m, t, kib, passes);
+		return -1;
+	}
 	return 0;
 }
 

@@ -31,8 +31,27 @@ struct staff {
 /* 1-31 of A-Z a-z 0-9 _ . - */
 int staff_valid_id(const char *id);
 int staff_valid_role(const char *role);
-/* Argon2id of the PIN; -1 if the PIN is not 6-12 digits or no memory. */
-int staff_hash_pin(const char *pin, char out[STAFF_HASH_MAX]);
+/*
+ * Argon2id of the PIN at the configured cost (memory in KiB, passes:
+ * [kiosk] pin_hash_kib, pin_hash_passes); -1 if the PIN is not 6-12
+ * digits or no memory.
+ */
+int staff_hash_pin(const char *pin, int kib, int passes,
+    char out[STAFF_HASH_MAX]);
+/*
+ * The cost a hash was made with, read from its text
+ * ("$argon2id$v=19$m=KIB,t=PASSES,p=1$..."); -1 if it is no such hash.
+ */
+int staff_hash_cost(const char *hash, long *kib, long *passes);
+/*
+ * A hash made elsewhere (the platform's staff_add) must cost exactly the
+ * configured kib and passes: more would stall the main loop at every
+ * log-in, and any other cost would let a log-in's time tell this account
+ * from an unknown id, whose check costs the configured amount. -1 and
+ * why if not.
+ */
+int staff_cost_check(const char *hash, int kib, int passes, char *why,
+    size_t len);
 /* 1 if pin matches, 0 if not (constant work either way). */
 int staff_check_pin(const struct staff *s, const char *pin);
 

@@ -853,3 +853,93 @@ store_nonce_use(struct store *s, const char *nonce, int64_t at,
 		return -1;
 	return fresh ? 0 : 1;
 }
+
+/*
+ * The throttle rows are written at most once per failed attempt, which
+ * the throttle itself bounds; statements prepared per call keep them
+ * apart from the hot paths above.
+ */
+int
+store_throttle_put(struct store *s, const struct store_throttle *rows,
+    int n)
+{
+	static const char put[] =
+	    "INSERT INTO throttle (name, tokens, at, alarmed, episode, "
+	    "failures, spent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+	    "ON CONFLICT (name) DO UPDATE SET tokens = ?2, at = ?3, "
+	    "alarmed = ?4, episode = ?5, failures = ?6, spent = ?7";
+	static const char del[] = "DELETE FROM throttle WHERE name = ?1";
+	sqlite3_stmt *st = NULL;
+	int i, rc = 0;
+
+	if (store_begin(s) == -1)
+		return -1;
+	for (i = 0; i < n && rc == 0; i++) {
+		const struct store_throttle *t = &rows[i];
+
+		if (sqlite3_prepare_v2(s->db, t->full ? del : put, -1, &st,
+		    NULL) != SQLITE_OK) {
+			rc = -1;
+			break;
+		}
+		sqlite3_bind_text(st, 1, t->name, -1, SQLITE_TRANSIENT);
+		if (!t->full) {
+			sqlite3_bind_double(st, 2, t->tokens);
+			sqlite3_bind_int64(st, 3, t->at);
+			sqlite3_bind_int(st, 4, t->alarmed);
+			sqlite3_bind_int64(st, 5, t->episode);
+			sqlite3_bind_int64(st, 6, t->failures);
+			sqlite3_bind_int64(st, 7, t->spent);
+		}
+		if (sqlite3_step(st) != SQLITE_DONE)
+			rc = -1;
+		sqlite3_finalize(st);
+	}
+	if (rc == -1) {
+		log_error("database: saving the keypad throttle: %s",
+		    sqlite3_errmsg(s->db));
+		store_rollback(s);
+		return -1;
+	}
+	return store_commit(s);
+}
+
+int
+store_throttle_load(struct store *s, store_throttle_fn fn, void *arg)
+{
+	sqlite3_stmt *st;
+	struct store_throttle t;
+	const unsigned char *name;
+	int rc;
+
+	/* The emptiest first: they matter most when not all fit. */
+	if (sqlite3_prepare_v2(s->db, "SELECT name, tokens, at, alarmed, "
+	    "episode, failures, spent FROM throttle ORDER BY tokens - spent, "
+	    "name", -1, &st, NULL) != SQLITE_OK) {
+		log_error("database: reading the keypad throttle: %s",
+		    sqlite3_errmsg(s->db));
+		return -1;
+	}
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		memset(&t, 0, sizeof(t));
+		name = sqlite3_column_text(st, 0);
+		if (name == NULL || util_strlcpy(t.name, (const char *)name,
+		    sizeof(t.name)) == -1)
+			continue;
+		t.tokens = sqlite3_column_double(st, 1);
+		t.at = sqlite3_column_int64(st, 2);
+		t.alarmed = sqlite3_column_int(st, 3);
+		t.episode = sqlite3_column_int64(st, 4);
+		t.failures = sqlite3_column_int64(st, 5);
+		t.spent = sqlite3_column_int64(st, 6);
+		if (fn(&t, arg) == -1) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_DONE)
+		log_error("database: reading the keypad throttle: %s",
+		    sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}

@@ -140,4 +140,22 @@ int store_staff_put(struct store *s, const char *id, const char *body,
 int store_staff_get(struct store *s, const char *id, store_row_fn fn,
     void *arg);
 
+/*
+ * The keypad throttles (kiosk.c): one row per bucket that is not full.
+ * put writes (or, with full set, deletes) n rows in one transaction of
+ * its own; load calls fn for each row, fn returning -1 to stop.
+ */
+struct store_throttle {
+	char name[48];
+	double tokens;
+	int64_t at;                /* wall ms */
+	int alarmed;
+	int64_t episode, failures, spent;
+	int full;                  /* put: nothing to keep, delete the row */
+};
+int store_throttle_put(struct store *s, const struct store_throttle *rows,
+    int n);
+typedef int (*store_throttle_fn)(const struct store_throttle *t, void *arg);
+int store_throttle_load(struct store *s, store_throttle_fn fn, void *arg);
+
 #endif

@@ -81,7 +81,7 @@ static const struct command {
 	const char	*args;
 } commands[] = {
 	{ "code", OP_CODE, 1, 2, "DIGITS [PHONE4]" },
-	{ "scan", OP_SCAN, 1, 1, "CREDENTIAL" },
+	{ "scan", OP_SCAN, 1, 2, "CREDENTIAL [PHONE4]" },
 	{ "login", OP_LOGIN, 1, 2, "STAFF_ID [PIN]" },
 	{ "logout", OP_LOGOUT, 0, 0, "" },
 	{ "load", OP_LOAD, 2, 2, "SIZE APP" },
@@ -105,7 +105,10 @@ static const char commands_text[] =
 "Commands:\n"
 "  code DIGITS [PHONE4]  enter a code; PHONE4 = last four digits of the\n"
 "                        applicant's phone, when the reservation asks\n"
-"  scan CREDENTIAL       present a QR credential\n"
+"  scan CREDENTIAL [PHONE4]\n"
+"                        present a QR credential (with the phone's last\n"
+"                        four digits when the reservation asks; without\n"
+"                        them, interactive mode asks after the reply)\n"
 "  login STAFF_ID [PIN]  staff log-in; without PIN, the PIN is read from\n"
 "                        the terminal without echo (or the next input line)\n"
 "  logout                end the staff session\n"
@@ -180,6 +183,8 @@ struct kiosk {
 	int		 replied;	/* one-shot: the reply came */
 	int		 input_over;	/* interactive: EOF or quit */
 	char		*login_staff;	/* waiting for this one's PIN */
+	char		*scan_cred;	/* a scan sent without phone digits */
+	int		 phone_ask;	/* ... the next line brings them */
 	struct termios	 tio;		/* saved while echo is off */
 	int		 echo_off;
 	int64_t		 deadline;	/* stop printing notices; -1 none */
@@ -450,8 +455,13 @@ cmd_parse(int argc, char **argv, const char *rest, struct cmd *c)
 			    "op", "code", "code", argv[1]);
 		break;
 	case OP_SCAN:
-		c->req = json_pack_ex(&err, 0, "{s:s, s:s}",
-		    "op", "scan", "credential", argv[1]);
+		if (n == 2)
+			c->req = json_pack_ex(&err, 0, "{s:s, s:s, s:s}",
+			    "op", "scan", "credential", argv[1], "phone",
+			    argv[2]);
+		else
+			c->req = json_pack_ex(&err, 0, "{s:s, s:s}",
+			    "op", "scan", "credential", argv[1]);
 		break;
 	case OP_LOGIN:
 		if (n == 1) {
@@ -690,6 +700,47 @@ kiosk_pin_none(struct kiosk *k, const char *why)
 	}
 }
 
+/*
+ * A scan without the phone digits: if lockerd answers phone_needed, the
+ * screen asks for them, and the next input line goes with the same
+ * credential (as the locker's screen does it).
+ */
+static void
+kiosk_scan_note(struct kiosk *k, const struct cmd *c)
+{
+	const char *op, *cred;
+
+	free(k->scan_cred);
+	k->scan_cred = NULL;
+	if (c->req == NULL ||
+	    (op = json_string_value(json_object_get(c->req, "op"))) == NULL ||
+	    strcmp(op, "scan") != 0 || json_object_get(c->req, "phone") ||
+	    (cred = json_string_value(json_object_get(c->req,
+	    "credential"))) == NULL)
+		return;
+	k->scan_cred = strdup(cred);
+}
+
+static void
+kiosk_phone_line(struct kiosk *k, const char *digits)
+{
+	json_error_t err;
+	struct cmd c;
+
+	k->phone_ask = 0;
+	memset(&c, 0, sizeof(c));
+	c.req = json_pack_ex(&err, 0, "{s:s, s:s, s:s}", "op", "scan",
+	    "credential", k->scan_cred, "phone", digits);
+	free(k->scan_cred);
+	k->scan_cred = NULL;
+	if (c.req == NULL) {
+		log_warn("scan: %s", err.text);
+		return;
+	}
+	kiosk_request(k, &c);
+	cmd_free(&c);
+}
+
 /* An interactive command line. */
 static void
 kiosk_command(struct kiosk *k, char *line)
@@ -709,6 +760,7 @@ kiosk_command(struct kiosk *k, char *line)
 
 	switch (cmd_parse(argc, argv, rest, &c)) {
 	case CMD_SEND:
+		kiosk_scan_note(k, &c);
 		kiosk_request(k, &c);
 		break;
 	case CMD_PIN:
@@ -741,7 +793,8 @@ kiosk_user_lines(struct kiosk *k)
 	int n;
 
 	while (!k->done) {
-		if (k->login_staff == NULL && (!k->interactive ||
+		if (k->login_staff == NULL && (!k->phone_ask ||
+		    k->pending > 0) && (!k->interactive ||
 		    k->pending > 0 || k->input_over))
 			return;
 		if ((n = lbuf_take(&k->user_in, line)) == -1)
@@ -766,6 +819,8 @@ kiosk_user_lines(struct kiosk *k)
 		}
 		if (k->login_staff != NULL)
 			kiosk_pin_line(k, line);
+		else if (k->phone_ask)
+			kiosk_phone_line(k, line);
 		else
 			kiosk_command(k, line);
 	}
@@ -878,6 +933,20 @@ kiosk_reply(struct kiosk *k, json_t *o, const char *line, size_t len,
 		out_flush(k);
 	}
 
+	if (k->interactive && k->scan_cred != NULL) {
+		error = json_string_value(json_object_get(o, "error"));
+		if (o != NULL && !json_is_true(ok) && error != NULL &&
+		    strcmp(error, "phone_needed") == 0) {
+			k->phone_ask = 1;
+			if (k->in_tty) {
+				fputs("Phone (last 4 digits): ", stderr);
+				fflush(stderr);
+			}
+		} else {
+			free(k->scan_cred);
+			k->scan_cred = NULL;
+		}
+	}
 	if (k->interactive || k->replied)
 		return;
 	k->replied = 1;
@@ -964,7 +1033,7 @@ static void
 kiosk_prompt(struct kiosk *k)
 {
 	if (!k->prompt || k->prompt_shown || k->pending > 0 ||
-	    k->login_staff != NULL || k->input_over)
+	    k->login_staff != NULL || k->phone_ask || k->input_over)
 		return;
 	fputs("kiosk> ", stdout);
 	out_flush(k);
@@ -1235,6 +1304,7 @@ done:
 		fputc('\n', stderr);
 	cmd_free(&c);
 	free(k.login_staff);
+	free(k.scan_cred);
 	if (k.fd != -1)
 		close(k.fd);
 	if (k.sig_fd != -1)

@@ -98,6 +98,9 @@ class Stack:
         self.build = build
         self.run = run_dir or os.path.join(build, "run")
         os.makedirs(self.run, exist_ok=True)
+        # The control socket lives here: lockerd refuses a socket folder
+        # that others may read or write ([locker] check_modes).
+        os.chmod(self.run, 0o700)
         self.auto = auto
         self.quiet = quiet
         self.procs = []

@@ -87,6 +87,13 @@ comparison alike. Figures:
                         lockerd 5, 20 and 50 ms slower (build/libslowsync.so,
                         an SD card or eMMC), beside this machine's disk in
                         the same run; BENCH_ROUNDS / 2 rounds of 128 each.
+  login_ms              (BENCH_ONLY=login) a wrong staff log-in on the
+                        keypad socket, round trip, for an account and for an
+                        unknown id, at the default PIN hash cost (8 MiB, 3
+                        passes) and at the top of the range (16 MiB, 4): the
+                        two must be alike (the id is not told), and the top
+                        is how long one log-in holds the main loop up.
+                        Median and p99 of BENCH_LOGIN_N (default 21) each.
 
 For both MQTT figures the broker (set_tcp_nodelay) and the platform's
 client send without Nagle's delay, so that only lockerd's own socket
@@ -743,6 +750,37 @@ def bench_codes_scale(live_list, runs=3):
 
 
 
+def bench_login(n):
+    """Wrong log-ins of an account and of an unknown id, interleaved."""
+    for kib, passes in ((8192, 3), (16384, 4)):
+        H.begin_test(f"bench_login_{kib}")
+        try:
+            keys = {"pin_burst": 10, "pin_refill_s": 1, "pin_hash_kib": kib,
+                    "pin_hash_passes": passes}
+            sim, lk, kc = H.start_custody(kiosk_keys=keys)
+            H.add_staff(lk, "alice", "13572468")
+            got = {"account": [], "unknown": []}
+            for i in range(n):
+                for who, staff in (("account", "alice"), ("unknown", "nosuchid")):
+                    while True:
+                        t0 = time.perf_counter()
+                        rep = kc.login(staff, f"2{i:07d}")
+                        took = (time.perf_counter() - t0) * 1000
+                        if rep.get("error") != "wait":
+                            break
+                        time.sleep(rep["wait_s"])
+                    got[who].append(took)
+            for who, xs in got.items():
+                emit(f"login_{who}_m{kib}_t{passes}_ms", xs,
+                     what=f"wrong staff log-in, {who}, PIN hash {kib} KiB x {passes} "
+                          "passes: keypad request -> reply")
+            lk.stop()
+            sim.stop()
+        finally:
+            H.end_test(False)
+            H.remove_tmp(False)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -758,7 +796,7 @@ def main():
                     default=int(os.environ.get("BENCH_RESERVE_N", "200")))
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma-separated subset: modbus, rtu, idle, codes, drain, "
-                         "reserve, scale, fleet, slowdisk")
+                         "reserve, scale, fleet, slowdisk, login")
     args = ap.parse_args()
     os.environ["BUILD"] = args.build
     only = set(filter(None, args.only.split(",")))
@@ -787,6 +825,8 @@ def main():
         emit_scale(*bench_scale(int(os.environ.get("BENCH_SCALE_BASE", "10000")),
                                 factors, int(os.environ.get("BENCH_SCALE_RESERVE_N", "100"))))
         bench_codes_scale([96, 384, 1536, 10000])
+    if want("login"):
+        bench_login(int(os.environ.get("BENCH_LOGIN_N", "21")))
     if want("fleet"):
         import fleet
         fleet.main(["--build", args.build])

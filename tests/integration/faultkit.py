@@ -188,6 +188,8 @@ class Ext4Loop:
         self.mounted = False
         harness._register(self)
         self.mount()
+        # A state folder lockerd accepts (mkfs makes the root 0755).
+        os.chmod(path, 0o700)
 
     def __repr__(self):
         return f"<Ext4Loop {self.path}>"

@@ -1066,11 +1066,16 @@ def _check(ch, person, seed, t_begin):
     wrong = burst - 1             # the workload's wrong tries count too: restart first
     for code, resv in sorted(dead.items()):
         if wrong >= burst - 1:
-            # The throttle (in memory) would make every further try wait
-            # a second: a clean restart gives a fresh bucket, and proves
-            # a clean stop after the chaos.
+            # The throttle would make every further try wait a second,
+            # and it survives a restart (it is in the database): a clean
+            # stop (proving one after the chaos), the throttle's rows
+            # emptied by hand, and a start give a fresh bucket.
             ch.lk.stop()
             ch.runs[-1][1] = time.monotonic()
+            con = sqlite3.connect(ch.lk.db_path)
+            con.execute("DELETE FROM throttle")
+            con.commit()
+            con.close()
             ch.start()
             kp.kc.close()
             wrong = 0

@@ -632,3 +632,55 @@ def test_verify_ledger_detects_an_edited_event():
     assert f"ledger broken: seq {seq}:" in v.stderr, v.stderr
     assert "ledger ok" not in v.stdout, v.stdout
     sim.stop()
+
+
+def test_qr_credential_asks_for_the_phone_factor():
+    """Issue 22, 5: for a reservation made with "phone":"4321", the typed
+    code without the phone was refused, but a scan of the credential
+    opened the cell. Now the second factor applies to the credential too:
+    without the digits the screen asks for them (phone_needed, no door),
+    wrong digits count as a wrong code, the right ones open."""
+    sim, lk, kc = start_custody()
+    r = reserve(lk, "A-90", phone="4321")
+    cred = r["credential"]
+    rep = assert_refused(sim, lk, kc, {"op": "scan", "credential": cred}, "phone_needed",
+                         settle=0.3)
+    print(f"scan without the phone digits: {rep}")
+    assert "phone" in rep["show"], rep
+    assert_refused(sim, lk, kc, {"op": "scan", "credential": cred, "phone": "1234"},
+                   "invalid_code", settle=0.2)
+    rep = assert_refused(sim, lk, kc, {"op": "scan", "credential": cred, "phone": "43"},
+                         "bad_request", settle=0.05)
+    assert "phone" in rep["show"], rep
+    assert not lk.find_events("code_used", resv=r["resv"])
+    _, seq0 = _open_with(sim, lk, kc, {"op": "scan", "credential": cred, "phone": "4321"},
+                         r["cell"], "dropoff", "dropoff")
+    _close(sim, lk, kc, r["cell"], seq0)
+    lk.wait_event("deposited", resv=r["resv"], after=seq0)
+    lk.stop()
+    sim.stop()
+
+
+def test_kiosk_tool_asks_for_the_phone_after_a_scan():
+    """The terminal keypad (build/kiosk) does what the screen does: a scan
+    answered phone_needed makes the next input line the phone digits,
+    sent with the same credential; one-shot, they go as an argument."""
+    import subprocess
+    sim, lk, kc = start_custody()
+    r = reserve(lk, "A-91", phone="4321")
+    r2 = reserve(lk, "A-92", phone="8765")
+    path = harness.kiosk_path(lk)
+    n0 = sim.last_write_n()
+    p = subprocess.run([harness.binary("kiosk"), "-s", path], input=f"scan {r['credential']}\n"
+                       "4321\nstatus\n", capture_output=True, text=True, timeout=20)
+    print(p.stdout)
+    assert p.returncode == 0, p
+    out = p.stdout.splitlines()
+    assert out[0].startswith("error (phone_needed): ") and "phone" in out[0], out
+    assert f"Cell {r['cell']} is open" in out[1], out
+    sim.wait_write(unlock_write_pred(r["cell"]), after=n0, what="the relay after the digits")
+    p = subprocess.run([harness.binary("kiosk"), "-s", path, "scan", r2["credential"], "8765"],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0 and f"Cell {r2['cell']} is open" in p.stdout, p
+    lk.stop()
+    sim.stop()

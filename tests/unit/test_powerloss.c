@@ -1063,6 +1063,9 @@ make_dir(void)
 	char err[512];
 	struct stat st;
 
+	/* As main.c: what lockerd creates is its own (start-up refuses a
+	 * database others may read). */
+	umask(077);
 	if (base == NULL)
 		base = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) &&
 		    access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";

@@ -659,10 +659,11 @@ test_grace_reopen(void **state)
 	slot = dropoff(f, 'S', 1, LATER, 0);
 	assert_int_equal(enter(f, 1, 1000), RESV_OK);
 	render(f);
-	/* The bank is still trying: the same code is accepted, no new work. */
+	/* The bank is still trying: the code is in use, no new work (and
+	 * no new success, that would refill the keypad's throttle). */
 	f->cells[0].unlocking = 1;
 	assert_int_equal(resv_enter(&f->t, f->h[1], NULL, 2000, &f->acts,
-	    &got), RESV_OK);
+	    &got), RESV_ERR_IN_PROGRESS);
 	assert_int_equal(got, slot);
 	assert_string_equal(render(f), "");
 	/* The unlock went nowhere (power cut): the code opens it again. */
@@ -1449,25 +1450,25 @@ test_enter_credential(void **state)
 
 	slot = dropoff(f, 'S', 1, 8000, 0);
 	id = f->t.r[slot].id;
-	assert_int_equal(resv_enter_credential(&f->t, id, 2, f->h[1], 5000,
+	assert_int_equal(resv_enter_credential(&f->t, id, 2, f->h[1], NULL,
+	    5000, 1000, &f->acts, &got), RESV_ERR_NO_CODE);
+	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[2], NULL,
+	    5000, 1000, &f->acts, &got), RESV_ERR_NO_CODE);
+	assert_int_equal(resv_enter_credential(&f->t, 999, 1, f->h[1], NULL,
+	    5000, 1000, &f->acts, &got), RESV_ERR_NO_CODE);
+	assert_int_equal(resv_enter_credential(&f->t, 0, 1, f->h[1], NULL, 5000,
 	    1000, &f->acts, &got), RESV_ERR_NO_CODE);
-	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[2], 5000,
-	    1000, &f->acts, &got), RESV_ERR_NO_CODE);
-	assert_int_equal(resv_enter_credential(&f->t, 999, 1, f->h[1], 5000,
-	    1000, &f->acts, &got), RESV_ERR_NO_CODE);
-	assert_int_equal(resv_enter_credential(&f->t, 0, 1, f->h[1], 5000,
-	    1000, &f->acts, &got), RESV_ERR_NO_CODE);
-	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], 5000,
-	    5000, &f->acts, &got), RESV_ERR_EXPIRED);
+	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], NULL,
+	    5000, 5000, &f->acts, &got), RESV_ERR_EXPIRED);
 	assert_string_equal(render(f), "");
 	assert_int_equal(got, -1);
 	assert_int_equal(state_of(f, slot), RESV_RESERVED);
 	/* Within the credential's life but past the reservation's. */
-	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], 9000,
-	    8000, &f->acts, &got), RESV_ERR_EXPIRED);
+	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], NULL,
+	    9000, 8000, &f->acts, &got), RESV_ERR_EXPIRED);
 	assert_string_equal(render(f), "");
-	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], 5000,
-	    4999, &f->acts, &got), RESV_OK);
+	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], NULL,
+	    5000, 4999, &f->acts, &got), RESV_OK);
 	assert_int_equal(got, slot);
 	assert_string_equal(render(f),
 	    "code_used:1 save:1=opening unlock:1/dropoff");
@@ -1475,18 +1476,18 @@ test_enter_credential(void **state)
 	opened(f, 1, 5000);
 	closed(f, 1, 5100);
 	render(f);
-	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], 9000,
-	    5200, &f->acts, &got), RESV_ERR_USED);
+	assert_int_equal(resv_enter_credential(&f->t, id, 1, f->h[1], NULL,
+	    9000, 5200, &f->acts, &got), RESV_ERR_USED);
 	/* A cancelled or taken-back certificate's credential is dead. */
 	slot = pickup(f, 'S', 3, 0);
 	id = f->t.r[slot].id;
 	assert_int_equal(resv_cancel(&f->t, id, 6000, &f->acts), RESV_OK);
 	assert_int_equal(resv_enter_credential(&f->t, id, number_of(f, slot),
-	    f->h[3], 9000, 6100, &f->acts, &got), RESV_ERR_NO_CODE);
+	    f->h[3], NULL, 9000, 6100, &f->acts, &got), RESV_ERR_NO_CODE);
 	assert_int_equal(resv_take_back(&f->t, "staff7", 6200, &f->acts),
 	    RESV_OK);
 	assert_int_equal(resv_enter_credential(&f->t, id, number_of(f, slot),
-	    f->h[3], 9000, 6300, &f->acts, &got), RESV_ERR_NO_CODE);
+	    f->h[3], NULL, 9000, 6300, &f->acts, &got), RESV_ERR_NO_CODE);
 	assert_int_equal(state_of(f, slot), RESV_TAKING_BACK);
 	render(f);
 	/* A re-issued code makes the old credential worthless. */
@@ -1494,14 +1495,14 @@ test_enter_credential(void **state)
 	id = f->t.r[slot].id;
 	assert_int_equal(resv_reissue(&f->t, id, 6000, &f->acts), RESV_OK);
 	assert_int_equal(resv_enter_credential(&f->t, id, number_of(f, slot),
-	    f->h[2], 9000, 6100, &f->acts, &got), RESV_ERR_NO_CODE);
+	    f->h[2], NULL, 9000, 6100, &f->acts, &got), RESV_ERR_NO_CODE);
 	resv_code_set(&f->t, slot, f->h[4], 6200, &f->acts);
 	render(f);
 	assert_int_equal(resv_enter_credential(&f->t, id, number_of(f, slot),
-	    f->h[2], 9000, 6300, &f->acts, &got), RESV_ERR_NO_CODE);
+	    f->h[2], NULL, 9000, 6300, &f->acts, &got), RESV_ERR_NO_CODE);
 	assert_string_equal(render(f), "");
 	assert_int_equal(resv_enter_credential(&f->t, id, number_of(f, slot),
-	    f->h[4], 9000, 6300, &f->acts, &got), RESV_OK);
+	    f->h[4], NULL, 9000, 6300, &f->acts, &got), RESV_OK);
 	assert_string_equal(render(f),
 	    "code_used:3 save:3=opening unlock:3/dropoff");
 }

@@ -641,6 +641,63 @@ test_check(void **state)
 	assert_int_equal(store_check(f->s, why, sizeof(why)), 0);
 }
 
+struct throttle_seen {
+	struct store_throttle rows[4];
+	int n;
+};
+
+static int
+throttle_row(const struct store_throttle *t, void *arg)
+{
+	struct throttle_seen *ts = arg;
+
+	if (ts->n < 4)
+		ts->rows[ts->n++] = *t;
+	return 0;
+}
+
+/* The keypad throttle rows: kept across a reopen, a full one deleted,
+ * the emptiest first. */
+static void
+test_throttle_rows(void **state)
+{
+	struct fixture *f = *state;
+	struct store_throttle rows[2];
+	struct throttle_seen seen;
+
+	f->s = open_ok(f);
+	memset(rows, 0, sizeof(rows));
+	snprintf(rows[0].name, sizeof(rows[0].name), "code");
+	rows[0].tokens = 2.5;
+	rows[0].at = 1000;
+	snprintf(rows[1].name, sizeof(rows[1].name), "pin:00ff");
+	rows[1].tokens = 0.25;
+	rows[1].at = 2000;
+	rows[1].alarmed = 1;
+	rows[1].episode = 7;
+	rows[1].failures = 9;
+	rows[1].spent = 2;
+	assert_int_equal(store_throttle_put(f->s, rows, 2), 0);
+	reopen(f);
+	memset(&seen, 0, sizeof(seen));
+	assert_int_equal(store_throttle_load(f->s, throttle_row, &seen), 0);
+	assert_int_equal(seen.n, 2);
+	assert_string_equal(seen.rows[0].name, "pin:00ff");
+	assert_true(seen.rows[0].tokens == 0.25 && seen.rows[0].at == 2000);
+	assert_int_equal(seen.rows[0].alarmed, 1);
+	assert_int_equal(seen.rows[0].episode, 7);
+	assert_int_equal(seen.rows[0].failures, 9);
+	assert_int_equal(seen.rows[0].spent, 2);
+	assert_string_equal(seen.rows[1].name, "code");
+	/* Full again: nothing to keep. */
+	rows[0].full = 1;
+	assert_int_equal(store_throttle_put(f->s, rows, 1), 0);
+	memset(&seen, 0, sizeof(seen));
+	assert_int_equal(store_throttle_load(f->s, throttle_row, &seen), 0);
+	assert_int_equal(seen.n, 1);
+	assert_string_equal(seen.rows[0].name, "pin:00ff");
+}
+
 int
 main(void)
 {
@@ -667,6 +724,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_events_after, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_check, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_throttle_rows, setup,
+		    teardown),
 	};
 
 	/* Refusals are logged by the store; keep the output to the tests. */
