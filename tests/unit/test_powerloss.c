@@ -1098,7 +1098,8 @@ make_dir(void)
 static void
 clear_state(void)
 {
-	static const char *const suffix[] = { "", "-wal", "-shm", "-journal" };
+	static const char *const suffix[] = { "", "-wal", "-shm", "-journal",
+	    "-mark" };
 	char p[320];
 	size_t i;
 
