@@ -814,8 +814,10 @@ first_read(struct lockerd *d)
 			log_warn("board %s: no reading at start-up; its cells "
 			    "keep their stored state until it answers",
 			    d->cfg.boards[i].name);
-	extra = json_pack("{s:I, s:s}", "boot", (json_int_t)d->boot,
-	    "version", LOCKERD_VERSION);
+	/* mark_seq: the ledger's mark at this start (mark.c), which also
+	 * says that this ledger is kept under one. */
+	extra = json_pack("{s:I, s:s, s:I}", "boot", (json_int_t)d->boot,
+	    "version", LOCKERD_VERSION, "mark_seq", (json_int_t)d->head.m.seq);
 	/* Held, nothing is recorded: "started" follows the restore_ack. */
 	if (extra == NULL || (d->head.held[0] == '\0' &&
 	    lockerd_record(d, "started", extra) == -1)) {
@@ -1130,9 +1132,10 @@ lockerd_start(struct lockerd *d)
 	    d)) == NULL)
 		return -1;
 	jsonl_screen_errors(d->kiosk);
-	log_info("locker %s: %d cells on %d boards, boot %lld, ready",
+	log_info("locker %s: %d cells on %d boards, boot %lld, %s",
 	    d->cfg.locker_id, d->cfg.ncells, d->cfg.nboards,
-	    (long long)d->boot);
+	    (long long)d->boot, d->head.held[0] != '\0' ? "HELD (see above)" :
+	    "ready");
 	return 0;
 }
 

@@ -248,6 +248,7 @@ struct walk {
 	struct w_fix *fix;
 	size_t nfix, capfix;
 	json_t *ckpt;            /* the checkpoint the window starts at */
+	int64_t marked;          /* a start under a mark was recorded here */
 	int oom;
 };
 
@@ -313,6 +314,8 @@ collect(struct walk *w, int64_t seq, json_t *o, int64_t col_resv,
 		staff = NULL;
 	if (seq == w->from && is_type(o, "checkpoint"))
 		w->ckpt = json_incref(o);
+	if (is_type(o, "started") && json_object_get(o, "mark_seq") != NULL)
+		w->marked = seq;
 	if (col_resv == resv && (staff == NULL ? col_staff == NULL :
 	    col_staff != NULL && strcmp(staff, col_staff) == 0))
 		return;
@@ -589,7 +592,7 @@ walk_free(struct walk *w)
  */
 static int
 check_ledger(struct lockerd *d, const struct mark *m, int64_t n,
-    json_t *findings)
+    int upgrade, json_t *findings)
 {
 	struct mark_head *h = &d->head;
 	struct walk w;
@@ -614,6 +617,15 @@ check_ledger(struct lockerd *d, const struct mark *m, int64_t n,
 	} while (!w.bad && w.expect > before && w.expect <= n);
 	if (w.oom) {
 		log_error("ledger: out of memory checking the ledger");
+		goto out;
+	}
+	/* Only a ledger that never had a mark is adopted for lack of one:
+	 * else the mark was removed, and the database may be any copy. */
+	if (upgrade && w.marked > 0) {
+		hold(d, n, "the ledger's mark %s is missing, but the ledger was "
+		    "kept under one (its start at seq %lld says so): it was "
+		    "removed", store_mark_path(d->store), (long long)w.marked);
+		rc = 1;
 		goto out;
 	}
 	if (w.brk > 0 || (w.from > 1 && w.ckpt == NULL)) {
@@ -702,8 +714,8 @@ out:
 
 /* The newest events must verify with the key: else it is not ours. */
 struct key_arg {
-	const uint8_t *pk;
-	int signed_, good;
+	json_t *ev[8];
+	int n;
 };
 
 static int
@@ -713,23 +725,29 @@ key_one(int64_t seq, const char *body, void *arg)
 	json_t *o = json_loads(body, 0, NULL);
 
 	(void)seq;
-	if (json_is_string(json_object_get(o, "sig"))) {
-		ka->signed_++;
-		ka->good += ledger_signed_by(o, ka->pk) == 0;
-	}
-	json_decref(o);
+	if (json_is_string(json_object_get(o, "sig")) && ka->n < 8)
+		ka->ev[ka->n++] = o;
+	else
+		json_decref(o);
 	return 0;
 }
 
 static int
 key_check(struct lockerd *d, int64_t n)
 {
-	struct key_arg ka = { d->keys->sign_pk, 0, 0 };
+	struct key_arg ka;
+	int i, good = 0;
 
+	memset(&ka, 0, sizeof(ka));
 	if (store_events_after(d->store, n > 8 ? n - 8 : 0, 8, key_one, &ka) ==
 	    -1)
 		return -1;
-	if (ka.signed_ > 0 && ka.good == 0) {
+	/* Newest first: one signature that verifies is enough. */
+	for (i = ka.n - 1; i >= 0 && !good; i--)
+		good = ledger_signed_by(ka.ev[i], d->keys->sign_pk) == 0;
+	for (i = 0; i < ka.n; i++)
+		json_decref(ka.ev[i]);
+	if (ka.n > 0 && !good) {
 		log_error("%s: this key does not verify the ledger of %s: none "
 		    "of its newest events (to seq %lld) is signed by it. It is "
 		    "not this locker's key: restore the key file that belongs "
@@ -753,15 +771,18 @@ record_findings(struct lockerd *d, json_t *findings)
 	return 0;
 }
 
-/* Adoption: the whole ledger verified as if the mark were at 0. */
+/*
+ * Adoption: the whole ledger verified as if the mark were at 0, for a
+ * ledger written before the mark (upgrade) or on a restore_ack.
+ */
 static int
-adopt(struct lockerd *d, int64_t n, json_t *findings)
+adopt(struct lockerd *d, int64_t n, int upgrade, json_t *findings)
 {
 	struct mark zero;
 	int rc;
 
 	memset(&zero, 0, sizeof(zero));
-	if ((rc = check_ledger(d, &zero, n, findings)) != 0)
+	if ((rc = check_ledger(d, &zero, n, upgrade, findings)) != 0)
 		return rc;
 	d->head.dirty = 1;
 	d->head.m.ckpt = 0;
@@ -806,7 +827,7 @@ mark_start(struct lockerd *d)
 		log_info("ledger: %lld events written before this locker kept "
 		    "a mark: verifying the whole chain once", (long long)n);
 		memset(&h->m, 0, sizeof(h->m));
-		if ((rc = adopt(d, n, findings)) == 0 &&
+		if ((rc = adopt(d, n, 1, findings)) == 0 &&
 		    (rc = store_meta_take(d->store, "mark_adopt")) == 1) {
 			rc = 0;
 			log_info("ledger: adopted, head seq %lld",
@@ -833,7 +854,7 @@ mark_start(struct lockerd *d)
 		    "locker last wrote at seq %lld (its mark: hash %.16s...): "
 		    "it is another database, or that event was edited",
 		    d->cfg.database, (long long)h->m.seq, hex);
-	} else if ((rc = check_ledger(d, &h->m, n, findings)) == 0) {
+	} else if ((rc = check_ledger(d, &h->m, n, 0, findings)) == 0) {
 		/* Delivered marks beyond the mark's are sent again. After a
 		 * clean stop the mark is exact: any there were edited in. */
 		if ((b = store_delivered_reset(d->store, h->m.delivered)) > 0 &&
@@ -1010,7 +1031,7 @@ mark_restore(struct lockerd *d, json_t *c)
 	    "database as it is (head seq %lld)", json_string_value(
 	    json_object_get(c, "request_id")), (long long)seq,
 	    (long long)dbseq);
-	if ((rc = adopt(d, dbseq, findings)) != 0) {
+	if ((rc = adopt(d, dbseq, 0, findings)) != 0) {
 		json_decref(findings);
 		if (h->held[0] == '\0')
 			util_strlcpy(h->held, reason, sizeof(h->held));
@@ -1036,8 +1057,9 @@ mark_restore(struct lockerd *d, json_t *c)
 	mark_flush(d, 0);
 	if (lockerd_load_resv(d) == -1)
 		log_error("ledger: the reservations could not be re-read");
-	x = json_pack("{s:I, s:s, s:b}", "boot", (json_int_t)d->boot,
-	    "version", LOCKERD_VERSION, "restored", 1);
+	x = json_pack("{s:I, s:s, s:I, s:b}", "boot", (json_int_t)d->boot,
+	    "version", LOCKERD_VERSION, "mark_seq", (json_int_t)mseq,
+	    "restored", 1);
 	if (x == NULL || lockerd_record(d, "started", x) == -1)
 		log_error("ledger: could not record the start");
 	json_decref(x);

@@ -25,7 +25,8 @@ import sqlite3
 import harness
 from harness import (add_staff, close_door, kiosk, reserve, start_custody, unlock_write_pred,
                      verify_ledger, wait_for)
-from test_lockerctl import LOCKER, Watch, _go, _keygen, _public_key, _start, lockerctl, reply_of
+from test_lockerctl import (Watch, _fake_event, _go, _keygen, _public_key, _start,
+                            lockerctl, reply_of)
 
 PIN = "246810"
 
@@ -126,14 +127,12 @@ def test_restored_database_is_held_until_restore_ack():
     plat.wait_events(last)
     lk.stop()
     _restore_db(lk, backup)
-    v = verify_ledger(lk)
-    print(f"--verify-ledger on the restored copy: {v.returncode} {v.stderr.strip()}")
-    assert v.returncode == 1 and "behind the locker's mark" in v.stderr, \
-        f"--verify-ledger passed a database behind its mark: {v.stdout}{v.stderr}"
-
     off = os.path.getsize(lk.log_path)
     n_births = len(_births(plat))
     lk.start()
+    kc.reconnect()
+    rep = _refused(sim, kc, r["code"], "the spent code on the restored database")
+    print(f"the spent code on the restored database: {rep}")
     wait_for(lambda: len(_births(plat)) > n_births, 5, what="the held locker's birth")
     birth = _births(plat)[-1]
     print(f"birth of the held locker: {birth}")
@@ -142,10 +141,11 @@ def test_restored_database_is_held_until_restore_ack():
     assert birth.get("held") and birth.get("head_seq") < last and \
         birth.get("mark_seq") == last, birth
     assert birth["boot"] > boot_then + 1, f"the boot counter went back: {birth} after {boot_then}"
-    kc.reconnect()
-    rep = _refused(sim, kc, r["code"], "the spent code on the restored database")
-    print(f"the spent code while held: {rep}")
     assert lk.last_seq() == birth["head_seq"], "a held locker recorded something"
+    v = verify_ledger(lk)
+    print(f"--verify-ledger on the restored copy: {v.returncode} {v.stderr.strip()}")
+    assert v.returncode == 1 and "behind the locker's mark" in v.stderr, \
+        f"--verify-ledger passed a database behind its mark: {v.stdout}{v.stderr}"
     wait_for(lambda: "ROLLBACK" in watch.out() and "HELD" in watch.out(), 5,
              what="lockerctl watch raising the rollback")
     print("\n".join(ln for ln in watch.out().splitlines() if "!!!" in ln))
@@ -463,5 +463,72 @@ def test_edited_undelivered_code_is_seen_by_the_platform():
     print("\n".join(ln for ln in out.splitlines() if "!!!" in ln))
     assert f"CODE MISMATCH at seq {issued['seq']}" in out, out
     assert forged not in out, "the forged code went into an SMS"
+    lk.stop()
+    sim.stop()
+
+
+def _pre_mark_state(lk, sk, events):
+    """A state folder as a lockerd from before the mark left it: the
+    schema up to the step before the one that adds the mark (named by its
+    content, not its number), a key file, and a signed chain of events."""
+    import base64
+    import glob
+    steps = sorted(glob.glob(os.path.join(harness.ROOT, "schema", "*.sql")))
+    upto = [p for p in steps if "mark_adopt" in open(p).read()][0]
+    older = steps[:steps.index(upto)]
+    os.makedirs(lk.state_dir, mode=0o700, exist_ok=True)
+    con = sqlite3.connect(lk.db_path)
+    try:
+        for p in older:
+            con.executescript(open(p).read())
+        con.execute(f"PRAGMA user_version = {int(os.path.basename(older[-1])[:3])}")
+        prev = "0" * 64
+        for i, fields in enumerate(events, 1):
+            ev, prev = _fake_event(sk, i, prev, **fields)
+            con.execute("INSERT INTO events (seq, time, type, body, delivered) "
+                        "VALUES (?, 0, ?, ?, 1)", (i, ev["type"], json.dumps(ev)))
+        con.commit()
+    finally:
+        con.close()
+    key = os.path.join(lk.state_dir, "device.key")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("sign_sk=" + base64.b64encode(sk._signing_key).decode() + "\n"
+                "hash_key=" + base64.b64encode(os.urandom(32)).decode() + "\n")
+    return prev
+
+
+def test_ledger_from_before_the_mark_is_adopted_once_and_a_removed_mark_is_held():
+    """An upgrade: a ledger written before the mark is verified whole once
+    and adopted, and from then on kept under a mark. Removing that mark
+    later does not make a database adoptable again: it is held, even with
+    the upgrade's flag put back by hand."""
+    import nacl.signing
+    sim = harness.Locksim()
+    lk = harness.Lockerd(harness.config(sim, extra=harness.custody_extra()), start=False)
+    sk = nacl.signing.SigningKey.generate()
+    _pre_mark_state(lk, sk, [{"boot": 1, "version": "0.0.9"},
+                             {"type": "door_opened", "cell": 3, "expected": False},
+                             {"type": "door_closed", "cell": 3}])
+    off = os.path.getsize(lk.log_path) if os.path.exists(lk.log_path) else 0
+    lk.start()
+    log = _log_since(lk, off)
+    assert "verifying the whole chain once" in log and "adopted, head seq 3" in log, log
+    st = lk.wait_event("started", after=3)
+    assert st.get("mark_seq") == 3, st
+    assert os.path.exists(lk.db_path + "-mark")
+    reserve(lk, "A-U1")
+    lk.stop()
+    v = verify_ledger(lk)
+    assert v.returncode == 0 and "its mark" in v.stdout, v.stdout + v.stderr
+
+    os.unlink(lk.db_path + "-mark")
+    _db(lk, "INSERT INTO meta (key, value) VALUES ('mark_adopt', '1')")
+    off = os.path.getsize(lk.log_path)
+    lk.start()
+    log = _log_since(lk, off)
+    print([ln for ln in log.splitlines() if "HELD" in ln or "mark" in ln][:2])
+    assert "the ledger was kept under one" in log and "HELD" in log, log
+    assert lk.ctl({"op": "reserve", "app": "A-U2", "size": "S"}).get("ok") is False
     lk.stop()
     sim.stop()
