@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "custody.h"
 #include "ledger.h"
@@ -996,7 +997,8 @@ load_keys(struct lockerd *d)
 		return -1;
 	if ((d->keys = codes_keys_open(d->cfg.key_file, empty, err,
 	    sizeof(err))) == NULL) {
-		if (errno == ENOENT && !empty)
+		if (!empty && access(d->cfg.key_file, F_OK) == -1 &&
+		    errno == ENOENT)
 			log_error("%s: the device key file is missing, but the "
 			    "database %s already holds records signed with it. "
 			    "lockerd makes a key only on a first start with an "

@@ -302,7 +302,8 @@ open_state(struct lockerd *d)
 		if (empty == -1)
 			snprintf(err, sizeof(err), "%s: cannot be read",
 			    d->cfg.database);
-		else if (d->store != NULL && errno == ENOENT)
+		else if (d->store != NULL && access(d->cfg.key_file, F_OK) ==
+		    -1 && errno == ENOENT)
 			snprintf(err + strlen(err), sizeof(err) - strlen(err),
 			    ", but the database %s holds records signed with "
 			    "it: restore the key file from its backup",

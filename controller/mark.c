@@ -815,7 +815,11 @@ mark_start(struct lockerd *d)
 	if (n == 0 && (have != 0 || h->m.seq == 0)) {
 		/* A first start (or a power cut before any event landed):
 		 * the mark exists before the first event does. */
+		uint64_t gen = have == 0 ? h->m.gen : 0;
+
+		/* The slots' generations go on: the newer one stays newer. */
 		memset(&h->m, 0, sizeof(h->m));
+		h->m.gen = gen;
 		h->dirty = h->ready = 1;
 		if (store_meta_take(d->store, "mark_adopt") == -1)
 			return -1;
