@@ -207,6 +207,9 @@ run(struct lockerd *d, int sigfd)
 			next = now + (t > wall ? t - wall : 0);
 		if ((t = lockerd_watchdog(d, now)) < next)
 			next = t;
+		/* The ledger's mark waits for the disk (mark.c). */
+		if ((t = mark_next(d)) < next)
+			next = t;
 		timeout = next == INT64_MAX ? -1 : next <= now ? 0 :
 		    next - now > 60000 ? 60000 : (int)(next - now);
 		n = poll(pfd, (nfds_t)(PFD_CTL + nctl + nkiosk), timeout);

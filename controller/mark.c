@@ -83,7 +83,7 @@ mark_decode(const struct codes_keys *k, const unsigned char *slot,
 
 /* 0 and the newer slot that verifies, 1 no file, 2 none verifies, -1. */
 static int
-mark_read(struct lockerd *d, struct mark *m)
+mark_read(struct lockerd *d, struct mark *m, int *which)
 {
 	unsigned char buf[2 * MARK_SLOT];
 	struct mark a, b;
@@ -95,7 +95,8 @@ mark_read(struct lockerd *d, struct mark *m)
 	hb = mark_decode(d->keys, buf + MARK_SLOT, &b) == 0;
 	if (!ha && !hb)
 		return 2;
-	*m = ha && (!hb || a.gen > b.gen) ? a : b;
+	*which = ha && (!hb || a.gen > b.gen) ? 0 : 1;
+	*m = *which == 0 ? a : b;
 	return 0;
 }
 
@@ -105,16 +106,61 @@ hex32(const uint8_t *bin, char hex[65])
 	codes_hex(bin, 32, hex, 65);
 }
 
+/*
+ * The mark follows the commits at the end of each loop turn, but waits
+ * for the disk at most every sync_ms: a turn's write goes to the page
+ * cache, and the slot that was last synced is never written until another
+ * one is, so a power cut tears at most the other slot and finds the mark
+ * behind (by what was committed since the last sync), never ahead.
+ */
+static int
+mark_write(struct lockerd *d, const struct mark *m, int sync)
+{
+	struct mark_head *h = &d->head;
+	unsigned char slot[MARK_SLOT];
+	int rc;
+
+	mark_encode(d->keys, m, slot);
+	rc = store_mark_write(d->store, slot, sizeof(slot),
+	    (int64_t)(h->synced_slot ^ 1) * MARK_SLOT, sync);
+	if (rc == -1) {
+		log_error("%s: the ledger's mark could not be written; a "
+		    "restart may take a cut database for this one",
+		    store_mark_path(d->store));
+		return -1;
+	}
+	h->m = *m;
+	h->dirty = 0;
+	h->unsynced = !sync;
+	if (sync) {
+		h->synced_slot ^= 1;
+		h->synced_ms = util_mono_ms();
+	}
+	return 0;
+}
+
 int
 mark_flush(struct lockerd *d, int clean)
 {
 	struct mark_head *h = &d->head;
-	unsigned char slot[MARK_SLOT];
+	int64_t first, count, now = util_mono_ms();
 	struct mark m;
-	int64_t first, count;
 
-	if (!h->ready || h->held[0] != '\0' || (!h->dirty && !clean))
+	if (!h->ready || h->held[0] != '\0')
 		return 0;
+	if (!h->dirty && !clean) {
+		/* Written, not yet synced, and the time has come. */
+		if (!h->unsynced || now - h->synced_ms < h->sync_ms)
+			return 0;
+		if (store_mark_sync(d->store) == -1) {
+			h->synced_ms = now;     /* again later, no busy loop */
+			return -1;
+		}
+		h->unsynced = 0;
+		h->synced_slot ^= 1;
+		h->synced_ms = now;
+		return 0;
+	}
 	if (store_undelivered(d->store, &first, &count) == -1)
 		return -1;
 	m = h->m;
@@ -126,18 +172,16 @@ mark_flush(struct lockerd *d, int clean)
 		m.delivered = m.seq;
 	m.boot = d->boot;
 	m.clean = clean;
-	mark_encode(d->keys, &m, slot);
-	/* Two slots, written in turn: a torn write leaves the one before. */
-	if (store_mark_write(d->store, slot, sizeof(slot),
-	    (int64_t)(m.gen & 1) * MARK_SLOT) == -1) {
-		log_error("%s: the ledger's mark could not be written; a "
-		    "restart may take a cut database for this one",
-		    store_mark_path(d->store));
-		return -1;
-	}
-	h->m = m;
-	h->dirty = 0;
-	return 0;
+	return mark_write(d, &m, clean || h->synced_ms == 0 ||
+	    now - h->synced_ms >= h->sync_ms);
+}
+
+int64_t
+mark_next(struct lockerd *d)
+{
+	struct mark_head *h = &d->head;
+
+	return h->unsynced ? h->synced_ms + h->sync_ms : INT64_MAX;
 }
 
 /* ---- Holding --------------------------------------------------------- */
@@ -802,9 +846,10 @@ mark_start(struct lockerd *d)
 	memset(d->ledger_prev, 0, sizeof(d->ledger_prev));
 	h->seq = h->pend = 0;
 	h->held[0] = '\0';
+	h->sync_ms = MARK_SYNC_MS;
 	if (n < 0 || (n > 0 && key_check(d, n) == -1))
 		return -1;
-	if ((have = mark_read(d, &h->m)) == -1)
+	if ((have = mark_read(d, &h->m, &h->synced_slot)) == -1)
 		return -1;
 	if (have == 0 && h->m.boot >= d->boot) {
 		/* A database from before: cell revs must not go back. */
@@ -1086,9 +1131,9 @@ mark_verify(struct lockerd *d, int64_t last, const uint8_t digest[32],
 {
 	uint8_t at[32];
 	struct mark m;
-	int rc;
+	int rc, which;
 
-	if ((rc = mark_read(d, &m)) == -1) {
+	if ((rc = mark_read(d, &m, &which)) == -1) {
 		snprintf(why, whylen, "the mark %s cannot be read",
 		    store_mark_path(d->store));
 		return -1;

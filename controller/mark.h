@@ -16,6 +16,8 @@
 #include <stdint.h>
 
 #define MARK_CKPT_EVERY 1000
+/* The mark waits for the disk at most this often (ms). */
+#define MARK_SYNC_MS 1000
 
 /* What the file says (one of its two slots, the newer that verifies). */
 struct mark {
@@ -48,6 +50,10 @@ struct mark_head {
 	int nlive;
 	uint8_t *code_key;       /* shared with the platform (sodium_malloc) */
 	int ready;               /* checked at start: the mark may be written */
+	int unsynced;            /* written, not yet synced */
+	int synced_slot;         /* the slot last synced: never written next */
+	int64_t synced_ms;       /* monotonic, 0 never */
+	int64_t sync_ms;         /* MARK_SYNC_MS (tests may change it) */
 };
 
 struct lockerd;
@@ -74,6 +80,8 @@ int mark_start(struct lockerd *d);
 int mark_flush(struct lockerd *d, int clean);
 /* From the loop: a checkpoint when one is due, then mark_flush. */
 void mark_tick(struct lockerd *d);
+/* When the loop must wake for a pending sync (monotonic ms), INT64_MAX. */
+int64_t mark_next(struct lockerd *d);
 /*
  * The seq a reservation's stored row must carry: its newest event, from
  * the verified part of the ledger or the checkpoint before it; 0 if the

@@ -1193,7 +1193,8 @@ store_mark_read(struct store *s, void *buf, size_t len)
 }
 
 int
-store_mark_write(struct store *s, const void *buf, size_t len, int64_t off)
+store_mark_write(struct store *s, const void *buf, size_t len, int64_t off,
+    int sync)
 {
 	int rc;
 
@@ -1208,9 +1209,26 @@ store_mark_write(struct store *s, const void *buf, size_t len, int64_t off)
 	if (mark_open(s, 1) != 0)
 		return -1;
 	if ((rc = s->mark->pMethods->xWrite(s->mark, buf, (int)len, off)) !=
-	    SQLITE_OK || (rc = s->mark->pMethods->xSync(s->mark,
-	    SQLITE_SYNC_NORMAL)) != SQLITE_OK) {
+	    SQLITE_OK || (sync && (rc = s->mark->pMethods->xSync(s->mark,
+	    SQLITE_SYNC_NORMAL)) != SQLITE_OK)) {
 		log_error("%s: writing: SQLite error %d", s->mark_path, rc);
+		return -1;
+	}
+	return 0;
+}
+
+int
+store_mark_sync(struct store *s)
+{
+	int rc;
+
+	if (s->ino == 0)
+		return 0;
+	if (s->mark == NULL)
+		return -1;
+	if ((rc = s->mark->pMethods->xSync(s->mark, SQLITE_SYNC_NORMAL)) !=
+	    SQLITE_OK) {
+		log_error("%s: syncing: SQLite error %d", s->mark_path, rc);
 		return -1;
 	}
 	return 0;

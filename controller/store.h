@@ -183,12 +183,14 @@ int64_t store_delivered_reset(struct store *s, int64_t after);
  * (PATH-mark), outside it, read and written through SQLite's VFS (for an
  * in-memory database, memory). read: 0 and len bytes (what the file
  * lacks reads as zeros), 1 if there is no such file, -1 on error. write:
- * len bytes at off, then synced (created if need be); 0 or -1.
+ * len bytes at off (the file created if need be), synced if sync; sync:
+ * what was written reaches the disk. 0 or -1.
  */
 #define STORE_MARK_SIZE 1024
 const char *store_mark_path(struct store *s);
 int store_mark_read(struct store *s, void *buf, size_t len);
 int store_mark_write(struct store *s, const void *buf, size_t len,
-    int64_t off);
+    int64_t off, int sync);
+int store_mark_sync(struct store *s);
 
 #endif

@@ -664,20 +664,21 @@ test_mark_file(void **state)
 	assert_int_equal(store_mark_read(f->s, a, sizeof(a)), 1);
 	assert_int_equal(access(mark, F_OK), -1);
 	memset(a, 0xA5, 512);
-	assert_int_equal(store_mark_write(f->s, a, 512, 512), 0);
+	assert_int_equal(store_mark_write(f->s, a, 512, 512, 1), 0);
 	assert_int_equal(stat(mark, &st), 0);
 	assert_int_equal(st.st_size, 1024);
 	assert_int_equal(stat(f->path, &dbst), 0);
 	assert_int_equal(st.st_mode & 0777, dbst.st_mode & 0777);
 	memset(a + 512, 0x5A, 512);
-	assert_int_equal(store_mark_write(f->s, a + 512, 512, 0), 0);
+	assert_int_equal(store_mark_write(f->s, a + 512, 512, 0, 0), 0);
+	assert_int_equal(store_mark_sync(f->s), 0);
 	/* Read by another connection, as the next start would. */
 	assert_non_null(other = store_open(f->path, err, sizeof(err)));
 	assert_int_equal(store_mark_read(other, b, sizeof(b)), 0);
 	assert_memory_equal(b, a + 512, 512);
 	assert_memory_equal(b + 512, a, 512);
 	store_close(other);
-	assert_int_equal(store_mark_write(f->s, a, 8, STORE_MARK_SIZE), -1);
+	assert_int_equal(store_mark_write(f->s, a, 8, STORE_MARK_SIZE, 1), -1);
 	/* A database put in place of the old one: the mark stays. */
 	store_close(f->s);
 	f->s = NULL;
