@@ -182,6 +182,8 @@ tx_commit(struct lockerd *d)
 	/* The mark follows at the end of the loop turn (mark_tick). */
 	if (d->head.pend != d->head.seq) {
 		d->head.seq = d->head.pend;
+		if (!d->head.dirty)
+			d->head.dirty_ms = util_mono_ms();
 		d->head.dirty = 1;
 	}
 	d->db_failing = 0;

@@ -143,7 +143,7 @@ int
 mark_flush(struct lockerd *d, int clean)
 {
 	struct mark_head *h = &d->head;
-	int64_t first, count, now = util_mono_ms();
+	int64_t first, now = util_mono_ms();
 	struct mark m;
 
 	if (!h->ready || h->held[0] != '\0')
@@ -161,7 +161,7 @@ mark_flush(struct lockerd *d, int clean)
 		h->synced_ms = now;
 		return 0;
 	}
-	if (store_undelivered(d->store, &first, &count) == -1)
+	if ((first = store_first_undelivered(d->store)) == -1)
 		return -1;
 	m = h->m;
 	m.gen++;
@@ -181,6 +181,10 @@ mark_next(struct lockerd *d)
 {
 	struct mark_head *h = &d->head;
 
+	if (h->held[0] != '\0')
+		return INT64_MAX;
+	if (h->dirty)
+		return h->dirty_ms + h->delay_ms;
 	return h->unsynced ? h->synced_ms + h->sync_ms : INT64_MAX;
 }
 
@@ -847,6 +851,7 @@ mark_start(struct lockerd *d)
 	h->seq = h->pend = 0;
 	h->held[0] = '\0';
 	h->sync_ms = MARK_SYNC_MS;
+	h->delay_ms = MARK_DELAY_MS;
 	if (n < 0 || (n > 0 && key_check(d, n) == -1))
 		return -1;
 	if ((have = mark_read(d, &h->m, &h->synced_slot)) == -1)
@@ -985,6 +990,11 @@ mark_tick(struct lockerd *d)
 	struct mark_head *h = &d->head;
 
 	if (h->held[0] != '\0')
+		return;
+	/* A moment after the commit, so that the turn that pulsed a relay
+	 * hands the CPU to the bus thread first; commits close together
+	 * share the write. */
+	if (h->dirty && util_mono_ms() - h->dirty_ms < h->delay_ms)
 		return;
 	if (h->seq - h->m.ckpt >= MARK_CKPT_EVERY && checkpoint(d) == -1)
 		log_error("ledger: could not write a checkpoint");

@@ -16,8 +16,10 @@
 #include <stdint.h>
 
 #define MARK_CKPT_EVERY 1000
-/* The mark waits for the disk at most this often (ms). */
+/* The mark waits for the disk at most this often (ms), and is written
+ * this long after the commit that made it old. */
 #define MARK_SYNC_MS 1000
+#define MARK_DELAY_MS 20
 
 /* What the file says (one of its two slots, the newer that verifies). */
 struct mark {
@@ -53,7 +55,9 @@ struct mark_head {
 	int unsynced;            /* written, not yet synced */
 	int synced_slot;         /* the slot last synced: never written next */
 	int64_t synced_ms;       /* monotonic, 0 never */
-	int64_t sync_ms;         /* MARK_SYNC_MS (tests may change it) */
+	int64_t dirty_ms;        /* when dirty was set */
+	int64_t sync_ms;         /* MARK_SYNC_MS (tests may change these) */
+	int64_t delay_ms;        /* MARK_DELAY_MS */
 };
 
 struct lockerd;

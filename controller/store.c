@@ -39,7 +39,7 @@ enum {
 	ST_SYNC_NORMAL, ST_SYNC_FULL,
 	ST_EVENT_INDEX, ST_INDEX_SET, ST_STAFF_SEQS, ST_STAFF_UNINDEX,
 	ST_RESV_GET, ST_RESV_ACTIVE_SET, ST_STAFF_ALL, ST_REJECT_COPY,
-	ST_REJECT_DELETE, ST_DELIVERED_RESET,
+	ST_REJECT_DELETE, ST_DELIVERED_RESET, ST_FIRST_UNDELIVERED,
 	ST_COUNT
 };
 
@@ -127,6 +127,8 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_REJECT_DELETE] = "DELETE FROM events WHERE seq >= ?1",
 	[ST_DELIVERED_RESET] =
 	    "UPDATE events SET delivered = 0 WHERE seq > ?1 AND delivered = 1",
+	[ST_FIRST_UNDELIVERED] =
+	    "SELECT coalesce(min(seq), 0) FROM events WHERE delivered = 0",
 };
 
 struct store {
@@ -1112,6 +1114,12 @@ store_event_seq_skip(struct store *s, int64_t next)
 {
 	if (next > s->next_seq)
 		s->next_seq = next;
+}
+
+int64_t
+store_first_undelivered(struct store *s)
+{
+	return step_int64(s, ST_FIRST_UNDELIVERED, "the outbox");
 }
 
 int64_t

@@ -175,6 +175,8 @@ int store_staff_all(struct store *s, store_row_fn fn, void *arg);
 int store_event_reject(struct store *s, int64_t from, const char *reason);
 /* The next event appended gets at least seq next (a restore, mark.c). */
 void store_event_seq_skip(struct store *s, int64_t next);
+/* The first undelivered seq, 0 if none (one index lookup), -1 on error. */
+int64_t store_first_undelivered(struct store *s);
 /* Events after seq after marked delivered are sent again; how many. */
 int64_t store_delivered_reset(struct store *s, int64_t after);
 

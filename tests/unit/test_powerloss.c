@@ -1505,9 +1505,12 @@ run_step(const struct step *s)
 		if (boot() == -1)
 			return -1;
 		/* Half the cut points with lockerd's sync interval (most mark
-		 * writes not synced), half with a sync at every one. */
+		 * writes not synced), half with a sync at every one; the mark
+		 * is written at the end of each step (the loop's turn), not a
+		 * moment later. */
 		if (pl_cut & 1)
 			d.head.sync_ms = 0;
+		d.head.delay_ms = 0;
 		return 0;
 	case ACT_STAFF_ADD:
 	case ACT_STAFF_REVOKE:
