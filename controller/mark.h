@@ -2,10 +2,11 @@
  * The ledger's high-water mark and the start-up check of the database
  * against it. The mark (head seq and hash, the newest checkpoint, the
  * delivered prefix, the boot counter) lives outside the database, in
- * PATH-mark, MACed with the device's hash key and written after every
- * commit that appends events: a database behind it (a restored backup, a
- * cut tail) holds lockerd until the platform's signed restore_ack says
- * where to resume. Checkpoint events (every MARK_CKPT_EVERY events) bound
+ * PATH-mark, MACed with the device's hash key, written a moment after
+ * each commit that appends events and synced at most once a second (so
+ * after a power cut it is behind, never ahead): a database behind it (a
+ * restored backup, a cut tail) holds lockerd until the platform's signed
+ * restore_ack says where to resume. Checkpoint events (every MARK_CKPT_EVERY events) bound
  * the part of the ledger verified at each start, from which every
  * freshness decision is taken: never from the database's own columns.
  */
