@@ -532,3 +532,59 @@ def test_ledger_from_before_the_mark_is_adopted_once_and_a_removed_mark_is_held(
     assert lk.ctl({"op": "reserve", "app": "A-U2", "size": "S"}).get("ok") is False
     lk.stop()
     sim.stop()
+
+
+def test_checkpoint_bounds_the_start_and_keeps_freshness():
+    """Past 1,000 events lockerd writes a checkpoint (a signed list of the
+    active reservations and staff accounts with their newest seqs), and
+    the next start verifies the ledger from there: a reservation whose
+    newest event is older than the checkpoint is known from it, not from
+    the database's columns, which were cleared here. Its older row put
+    back is rejected, and the row of one that ended before the checkpoint,
+    made active again by hand, is not believed."""
+    sim, lk, kc = start_custody()
+    live = reserve(lk, "A-C0")
+    ended = reserve(lk, "A-C1")
+    old_live = _rows(lk, "SELECT body, sig FROM reservations WHERE id = ?", (live["resv"],))[0]
+    ended_row = _rows(lk, "SELECT body, sig FROM reservations WHERE id = ?",
+                      (ended["resv"],))[0]
+    assert lk.ctl({"op": "reissue", "resv": live["resv"]}).get("ok") is True
+    assert lk.ctl({"op": "cancel", "resv": ended["resv"]}).get("ok") is True
+    new_code = lk.ctl({"op": "reissue", "resv": live["resv"]})["code"]
+    i = 0
+    while not _rows(lk, "SELECT seq FROM events WHERE type = 'checkpoint'"):
+        for _ in range(50):
+            i += 1
+            r = lk.ctl_ok({"op": "reserve", "app": f"F-{i}", "size": "S"})
+            lk.ctl_ok({"op": "cancel", "resv": r["resv"]})
+        assert i < 1000, "no checkpoint after 3,000 events"
+    ck = lk.find_events("checkpoint")[-1]
+    print(f"checkpoint at seq {ck['seq']}: active {ck['active']}, accounts {ck['accounts']}")
+    newest = max(e["seq"] for e in lk.find_events(resv=live["resv"]))
+    assert [live["resv"], newest] in ck["active"] and newest < ck["seq"], (ck, newest)
+    assert not any(a[0] == ended["resv"] for a in ck["active"]), ck
+    lk.stop()
+    _db(lk, ("UPDATE events SET resv = NULL WHERE resv IN (?, ?)", (live["resv"], ended["resv"])))
+    lk.start()
+    kc.reconnect()
+    st = lk.ctl({"op": "resv", "resv": live["resv"]})
+    assert st.get("ok") is True and st.get("state") == "reserved", \
+        f"a live reservation from before the checkpoint was lost: {st}"
+    lk.stop()
+    # Its row from before the re-issues put back, and the ended one
+    # marked active again: neither is believed.
+    _db(lk, ("UPDATE reservations SET body = ?, sig = ? WHERE id = ?", old_live + (live["resv"],)),
+        ("UPDATE reservations SET active = 1, body = ?, sig = ? WHERE id = ?",
+         ended_row + (ended["resv"],)),
+        ("UPDATE events SET resv = NULL WHERE resv IN (?, ?)", (live["resv"], ended["resv"])))
+    seq0 = max(s for s, in _rows(lk, "SELECT seq FROM events"))
+    lk.start()
+    kc.reconnect()
+    rej = {e.get("id"): e.get("reason") for e in lk.find_events("record_rejected", after=seq0)}
+    print(rej)
+    assert "older than its ledger" in rej.get(str(live["resv"]), ""), rej
+    assert "not active in the ledger" in rej.get(str(ended["resv"]), ""), rej
+    for code in (live["code"], ended["code"], new_code):
+        _refused(sim, kc, code, f"code {code} of a rejected row")
+    lk.stop()
+    sim.stop()
