@@ -708,8 +708,8 @@ lockerd_tick(struct lockerd *d)
 	struct lockerd_step *s;
 	int more;
 
-	/* Once a loop turn, after its work: the mark follows the commits
-	 * (one write and sync for all of them, after their replies). */
+	/* Once a loop turn, after its work: the ledger's mark follows the
+	 * commits a moment later, one write for all of them (mark.c). */
 	mark_tick(d);
 	do {
 		memset(&acts, 0, sizeof(acts));
@@ -834,7 +834,6 @@ first_read(struct lockerd *d)
 	return 0;
 }
 
-
 /* Active reservations, believed only if the device key signed them. */
 struct load_arg {
 	struct lockerd *d;
@@ -842,7 +841,6 @@ struct load_arg {
 	char why[8][96];
 	int nrejected;
 	int loaded;
-	int64_t only;           /* store_resv_get: that id */
 };
 
 static int
@@ -914,11 +912,9 @@ live_check(struct lockerd *d, struct load_arg *la)
 		if (j < la->nrejected)
 			continue;
 		before = la->nrejected;
-		la->only = h->live[i].id;
 		if (store_resv_get(d->store, h->live[i].id, resv_row, la) ==
 		    -1)
 			return -1;
-		la->only = 0;
 		if (la->nrejected > before)
 			continue;
 		if (la->nrejected < 8) {

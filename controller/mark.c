@@ -107,8 +107,8 @@ hex32(const uint8_t *bin, char hex[65])
 }
 
 /*
- * The mark follows the commits at the end of each loop turn, but waits
- * for the disk at most every sync_ms: a turn's write goes to the page
+ * The mark follows the commits a moment after them (mark_tick), but waits
+ * for the disk at most every sync_ms: a write in between goes to the page
  * cache, and the slot that was last synced is never written until another
  * one is, so a power cut tears at most the other slot and finds the mark
  * behind (by what was committed since the last sync), never ahead.
@@ -587,7 +587,9 @@ fix_staff_index(struct lockerd *d, struct w_staff *map, size_t n)
 	for (j = 0; j < n && rc == 0; j++) {
 		for (i = 0; i < ia.n && strcmp(map[j].id, ia.v[i].id) != 0; i++)
 			;
-		if (i < ia.n && ia.v[i].seq >= map[j].seq)
+		/* Its newest event indexed as the ledger says, whatever
+		 * else was cleared or planted above. */
+		if (i < ia.n && ia.v[i].seq == map[j].seq)
 			continue;
 		if (i == ia.n)
 			fixed++;
@@ -713,7 +715,12 @@ check_ledger(struct lockerd *d, const struct mark *m, int64_t n,
 	ns = newest_staff(w.staff, w.nstaff);
 	if ((fixed = fix_staff_index(d, w.staff, ns)) == -1)
 		goto rollback;
-	if (w.nfix > 0 || fixed > 0) {
+	/* An upgrade's older steps did not fill the index in (events.staff
+	 * came later): filled in, not an alarm. */
+	if (upgrade && (w.nfix > 0 || fixed > 0))
+		log_info("ledger: the index of %zu events filled in from them",
+		    w.nfix + (size_t)fixed);
+	else if (w.nfix > 0 || fixed > 0) {
 		snprintf(id, sizeof(id), "%zu events", w.nfix + (size_t)fixed);
 		add(findings, finding("ledger index", id, "the database's note "
 		    "of which reservation or staff account an event is about "

@@ -30,7 +30,7 @@ enum {
 	ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
 	ST_CELL_DEFINE, ST_CELL_GET, ST_CELL_SAVE,
 	ST_EVENT_APPEND, ST_EVENT_LAST, ST_EVENTS_AFTER,
-	ST_SECRET_SET, ST_SECRETS, ST_BODY_SET,
+	ST_SECRET_SET, ST_SECRETS,
 	ST_RESV_SAVE, ST_RESV_ACTIVE, ST_RESV_MAX,
 	ST_STAFF_PUT, ST_STAFF_GET, ST_EVENT_RESV, ST_RESV_LAST,
 	ST_EVENT_STAFF, ST_STAFF_LAST,
@@ -69,7 +69,6 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_SECRETS] =
 	    "SELECT seq, secret FROM events WHERE secret IS NOT NULL "
 	    "ORDER BY seq",
-	[ST_BODY_SET] = "UPDATE events SET body = ?2 WHERE seq = ?1",
 	[ST_RESV_SAVE] =
 	    "INSERT INTO reservations (id, active, body, sig) "
 	    "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET "
@@ -615,16 +614,6 @@ int
 store_event_secrets(struct store *s, store_event_fn fn, void *arg)
 {
 	return step_events(s, ST_SECRETS, "undelivered codes", fn, arg);
-}
-
-int
-store_event_body(struct store *s, int64_t seq, const char *body)
-{
-	sqlite3_stmt *st = s->st[ST_BODY_SET];
-
-	sqlite3_bind_int64(st, 1, seq);
-	sqlite3_bind_text(st, 2, body, -1, SQLITE_TRANSIENT);
-	return step_done(s, ST_BODY_SET);
 }
 
 int

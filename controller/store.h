@@ -120,8 +120,6 @@ int64_t store_resv_last_event(struct store *s, int64_t resv);
 /* The same for staff accounts (staff_added / staff_revoked events). */
 int store_event_staff(struct store *s, int64_t seq, const char *id);
 int64_t store_staff_last_event(struct store *s, const char *id);
-/* Rewrites an event's body (sealing events written before signing). */
-int store_event_body(struct store *s, int64_t seq, const char *body);
 
 /*
  * Signed rows (reservations, staff): the key as text, the canonical body
