@@ -256,6 +256,11 @@ hold(struct lockerd *d, int64_t n, const char *fmt, ...)
 	    "until the platform acknowledges where to resume (a signed "
 	    "restore_ack for database head seq %lld); see \"Recovery after "
 	    "an SD card failure\" in the README", (long long)n);
+	if (d->cfg.mqtt.host[0] == '\0' || d->cfg.mqtt.platform_key[0] ==
+	    '\0')
+		log_error("ledger: HELD, and the acknowledgement cannot come: "
+		    "it needs the platform link ([mqtt] host) and the "
+		    "platform's key ([mqtt] platform_key) to verify it");
 	notify_status("held: %s", h->held);
 }
 
