@@ -610,6 +610,8 @@ newest_resv(struct w_resv *v, size_t n)
 {
 	size_t i, k = 0;
 
+	if (n == 0)
+		return 0;
 	qsort(v, n, sizeof(*v), cmp_resv);
 	for (i = 0; i < n; i++)
 		if (i + 1 == n || v[i + 1].id != v[i].id)
@@ -622,6 +624,8 @@ newest_staff(struct w_staff *v, size_t n)
 {
 	size_t i, k = 0;
 
+	if (n == 0)
+		return 0;
 	qsort(v, n, sizeof(*v), cmp_staff);
 	for (i = 0; i < n; i++)
 		if (i + 1 == n || strcmp(v[i + 1].id, v[i].id) != 0)
