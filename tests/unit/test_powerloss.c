@@ -1504,11 +1504,12 @@ run_step(const struct step *s)
 	case ACT_BOOT:
 		if (boot() == -1)
 			return -1;
-		/* Half the cut points with lockerd's sync interval (most mark
-		 * writes not synced), half with a sync at every one; the mark
-		 * is written at the end of each step (the loop's turn), not a
+		/* Half the recoveries with lockerd's sync interval (most mark
+		 * writes not synced), half with a sync at every one (by cut
+		 * and seed, so that a sampled sweep has both); the mark is
+		 * written at the end of each step (the loop's turn), not a
 		 * moment later. */
-		if (pl_cut & 1)
+		if ((pl_cut ^ pl_seed) & 1)
 			d.head.sync_ms = 0;
 		d.head.delay_ms = 0;
 		return 0;
