@@ -80,7 +80,8 @@ CORE_SRC  := controller/log.c controller/config.c controller/bank.c \
 	controller/store.c controller/mb.c controller/ctl.c controller/util.c \
 	controller/resv.c controller/codes.c controller/throttle.c \
 	controller/kiosk.c controller/staff.c controller/custody.c \
-	controller/platform.c controller/link.c controller/notify.c
+	controller/platform.c controller/link.c controller/notify.c \
+	controller/mark.c
 GEN_SRC   := $(BUILD)/gen/embedded.c
 
 BOARD_FILES  := $(sort $(wildcard proto/boards/*.ini))

@@ -174,6 +174,12 @@ keys_parse(char *text, struct codes_keys *k, const char *path, char *err,
 struct codes_keys *
 codes_keys_load(const char *path, char *err, size_t errlen)
 {
+	return codes_keys_open(path, 1, err, errlen);
+}
+
+struct codes_keys *
+codes_keys_open(const char *path, int create, char *err, size_t errlen)
+{
 	struct codes_keys *k;
 	char *text = NULL;
 	struct stat st;
@@ -181,6 +187,11 @@ codes_keys_load(const char *path, char *err, size_t errlen)
 	int fd;
 
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd == -1 && errno == ENOENT && !create) {
+		snprintf(err, errlen, "%s: no such key file", path);
+		errno = ENOENT;
+		return NULL;
+	}
 	if (fd == -1 && errno == ENOENT) {
 		if ((k = codes_keys_new()) == NULL) {
 			snprintf(err, errlen, "%s: out of memory", path);
@@ -295,6 +306,19 @@ codes_verify(const uint8_t pk[CODES_PK_LEN], const void *msg, size_t len,
     const uint8_t sig[CODES_SIG_LEN])
 {
 	return crypto_sign_verify_detached(sig, msg, len, pk) == 0 ? 0 : -1;
+}
+
+void
+codes_mac(const struct codes_keys *k, const char *what, const void *msg,
+    size_t len, uint8_t out[CODES_HASH_LEN])
+{
+	crypto_generichash_state st;
+
+	crypto_generichash_init(&st, k->hash_key, sizeof(k->hash_key),
+	    CODES_HASH_LEN);
+	crypto_generichash_update(&st, (const uint8_t *)what, strlen(what) + 1);
+	crypto_generichash_update(&st, msg, len);
+	crypto_generichash_final(&st, out, CODES_HASH_LEN);
 }
 
 void

@@ -40,6 +40,12 @@ void codes_set_uniform(codes_uniform_fn fn);
  */
 struct codes_keys *codes_keys_load(const char *path, char *err,
     size_t errlen);
+/*
+ * The same, but with create 0 a missing file is an error (errno ENOENT):
+ * lockerd makes keys only on a first start with an empty database.
+ */
+struct codes_keys *codes_keys_open(const char *path, int create, char *err,
+    size_t errlen);
 void codes_keys_free(struct codes_keys *k);
 /* Fresh keys in memory only (tests, tools). */
 struct codes_keys *codes_keys_new(void);
@@ -59,6 +65,10 @@ void codes_sign(const struct codes_keys *k, const void *msg, size_t len,
     uint8_t sig[CODES_SIG_LEN]);
 int codes_verify(const uint8_t pk[CODES_PK_LEN], const void *msg, size_t len,
     const uint8_t sig[CODES_SIG_LEN]);
+/* Keyed BLAKE2b of any bytes with the hash key; what separates uses
+ * ("mark": the ledger's mark, mark.c). */
+void codes_mac(const struct codes_keys *k, const char *what, const void *msg,
+    size_t len, uint8_t out[CODES_HASH_LEN]);
 /* BLAKE2b-256 of a message (the ledger chain). */
 void codes_digest(const void *msg, size_t len, uint8_t out[CODES_HASH_LEN]);
 

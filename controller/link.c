@@ -22,7 +22,7 @@ static char *
 status_json(struct lockerd *d, int online, const char *why)
 {
 	char when[UTIL_ISO_LEN];
-	json_t *o;
+	json_t *o, *head;
 	char *s;
 
 	util_iso_time(util_wall_ms(), when, sizeof(when));
@@ -33,6 +33,12 @@ status_json(struct lockerd *d, int online, const char *why)
 		return NULL;
 	if (why != NULL)
 		json_object_set_new(o, "why", json_string(why));
+	/* The birth names the ledger's head, so that the platform sees a
+	 * locker whose ledger went back (mark.c), and why it is held. */
+	if (online && (head = mark_status(d)) != NULL) {
+		json_object_update(o, head);
+		json_decref(head);
+	}
 	s = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	return s;
@@ -534,6 +540,8 @@ execute(struct lockerd *d, const struct cmd *c)
 	}
 	if (strcmp(c->op, "load") == 0)
 		return cmd_load(d, c);
+	if (strcmp(c->op, "restore_ack") == 0)
+		return mark_restore(d, c->obj);
 	if (strcmp(c->op, "staff_add") == 0 ||
 	    strcmp(c->op, "staff_revoke") == 0)
 		return cmd_staff(d, c);

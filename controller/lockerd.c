@@ -30,6 +30,7 @@ struct body_arg {
 	const char *type;
 	int64_t wall;
 	json_t *extra;
+	const char *code;       /* a plain code that will rest in the event */
 };
 
 int64_t
@@ -130,10 +131,24 @@ event_body(int64_t seq, void *arg)
 		resv_fields(d, ba->ra, o);
 	if (ba->extra != NULL)
 		json_object_update(o, ba->extra);
+	/* The code travels beside the event, unsigned: its MAC, which only
+	 * the platform can check, is signed (ledger.h). */
+	if (ba->code != NULL && d->head.code_key != NULL) {
+		char mac[2 * LEDGER_HASH_LEN + 1];
+
+		if (ledger_code_mac(d->head.code_key, d->cfg.locker_id, seq,
+		    ba->code, mac) == -1) {
+			json_decref(o);
+			return NULL;
+		}
+		json_object_set_new(o, "code_mac", json_string(mac));
+	}
 	/* Chained to the one before, signed; the next links to this. */
 	if (ledger_seal(o, d->keys->sign_sk, d->ledger_pend, digest) == 0 &&
-	    (s = json_dumps(o, JSON_COMPACT)) != NULL)
+	    (s = json_dumps(o, JSON_COMPACT)) != NULL) {
 		memcpy(d->ledger_pend, digest, sizeof(digest));
+		d->head.pend = seq;
+	}
 	json_decref(o);
 	return s;
 }
@@ -143,6 +158,10 @@ static int
 tx_begin(struct lockerd *d)
 {
 	memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
+	d->head.pend = d->head.seq;
+	/* Held (mark.c): the ledger takes nothing, so no door opens. */
+	if (d->head.held[0] != '\0')
+		return -1;
 	if (store_begin(d->store) == -1) {
 		d->db_failing = 1;
 		return -1;
@@ -155,10 +174,18 @@ tx_commit(struct lockerd *d)
 {
 	if (store_commit(d->store) == -1) {
 		memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
+		d->head.pend = d->head.seq;
 		d->db_failing = 1;
 		return -1;
 	}
 	memcpy(d->ledger_prev, d->ledger_pend, sizeof(d->ledger_prev));
+	/* The mark follows at the end of the loop turn (mark_tick). */
+	if (d->head.pend != d->head.seq) {
+		d->head.seq = d->head.pend;
+		if (!d->head.dirty)
+			d->head.dirty_ms = util_mono_ms();
+		d->head.dirty = 1;
+	}
 	d->db_failing = 0;
 	return 0;
 }
@@ -168,6 +195,7 @@ tx_rollback(struct lockerd *d)
 {
 	store_rollback(d->store);
 	memcpy(d->ledger_pend, d->ledger_prev, sizeof(d->ledger_pend));
+	d->head.pend = d->head.seq;
 }
 
 static int
@@ -191,7 +219,7 @@ static int
 append_event(struct lockerd *d, const struct bank_action *a, const char *type,
     json_t *extra)
 {
-	struct body_arg ba = { d, a, NULL, type, util_wall_ms(), extra };
+	struct body_arg ba = { d, a, NULL, type, util_wall_ms(), extra, NULL };
 	int cell = a != NULL && a->cell >= 0 ? d->cells[a->cell].number : 0;
 
 	return store_event_append(d->store, ba.wall, type, cell, event_body,
@@ -214,6 +242,23 @@ lockerd_record(struct lockerd *d, const char *type, json_t *extra)
 	return 0;
 }
 
+int
+lockerd_record_from(struct lockerd *d, const char *type, json_t *extra,
+    int64_t next)
+{
+	if (tx_begin(d) == -1)
+		return -1;
+	store_event_seq_skip(d->store, next);
+	if (append_event(d, NULL, type, extra) == -1) {
+		tx_rollback(d);
+		return -1;
+	}
+	if (tx_commit(d) == -1)
+		return -1;
+	link_kick(d);
+	return 0;
+}
+
 /*
  * A staff account provisioned or revoked (type "staff_added" or
  * "staff_revoked"): the ledger event and the signed row, which carries
@@ -223,7 +268,8 @@ int
 lockerd_staff_change(struct lockerd *d, struct staff *st, const char *type,
     json_t *extra)
 {
-	struct body_arg ba = { d, NULL, NULL, type, util_wall_ms(), extra };
+	struct body_arg ba = { d, NULL, NULL, type, util_wall_ms(), extra,
+	    NULL };
 	int64_t seq;
 
 	if (tx_begin(d) == -1)
@@ -288,17 +334,20 @@ append_resv_event(struct lockerd *d, struct lockerd_step *s, int idx)
 {
 	const struct resv_action *a = &s->resv.a[idx];
 	struct body_arg ba = { d, NULL, a, resv_event_name(a->ev),
-	    util_wall_ms(), NULL };
+	    util_wall_ms(), NULL, NULL };
 	int64_t seq;
-	int i;
+	int i, rest = (a->ev == RESV_EV_CODE_ISSUED ||
+	    a->ev == RESV_EV_REISSUED) && !s->handed_over;
 
+	for (i = 0; rest && i < s->nissued; i++)
+		if (s->issued[i].resv == a->r.id && s->issued[i].seq == 0)
+			ba.code = s->issued[i].code;
 	if (store_event_append(d->store, ba.wall, ba.type,
 	    d->cells[a->r.cell].number, event_body, &ba, &seq) == -1 ||
 	    store_event_resv(d->store, seq, a->r.id) == -1)
 		return -1;
 	mark_last_seq(d, s, idx + 1, a->r.id, seq);
-	if ((a->ev != RESV_EV_CODE_ISSUED && a->ev != RESV_EV_REISSUED) ||
-	    s->handed_over)
+	if (!rest)
 		return 0;
 	/* The plain code rests only here, until it is delivered. */
 	for (i = 0; i < s->nissued; i++)
@@ -663,6 +712,9 @@ lockerd_tick(struct lockerd *d)
 	struct lockerd_step *s;
 	int more;
 
+	/* Once a loop turn, after its work: the ledger's mark follows the
+	 * commits a moment later, one write for all of them (mark.c). */
+	mark_tick(d);
 	do {
 		memset(&acts, 0, sizeof(acts));
 		more = bank_tick(&d->bank, util_mono_ms(), &acts);
@@ -870,9 +922,13 @@ first_read(struct lockerd *d)
 			log_warn("board %s: no reading at start-up; its cells "
 			    "keep their stored state until it answers",
 			    d->cfg.boards[i].name);
-	extra = json_pack("{s:I, s:s}", "boot", (json_int_t)d->boot,
-	    "version", LOCKERD_VERSION);
-	if (extra == NULL || lockerd_record(d, "started", extra) == -1) {
+	/* mark_seq: the ledger's mark at this start (mark.c), which also
+	 * says that this ledger is kept under one. */
+	extra = json_pack("{s:I, s:s, s:I}", "boot", (json_int_t)d->boot,
+	    "version", LOCKERD_VERSION, "mark_seq", (json_int_t)d->head.m.seq);
+	/* Held, nothing is recorded: "started" follows the restore_ack. */
+	if (extra == NULL || (d->head.held[0] == '\0' &&
+	    lockerd_record(d, "started", extra) == -1)) {
 		json_decref(extra);
 		return -1;
 	}
@@ -881,109 +937,6 @@ first_read(struct lockerd *d)
 	bank_reconcile(&d->bank, util_mono_ms(), &acts);
 	lockerd_tick(d);
 	return 0;
-}
-
-/* The chain's head: the digest of the last event, sealing old ones. */
-struct seal_arg {
-	struct lockerd *d;
-	int64_t *seqs;
-	char **bodies;
-	int n, cap, unsealed;
-};
-
-static int
-seal_collect(int64_t seq, const char *body, void *arg)
-{
-	struct seal_arg *sa = arg;
-	json_t *o = json_loads(body, 0, NULL);
-	void *p;
-
-	if (o == NULL)
-		return 0;
-	if (json_object_get(o, "sig") == NULL)
-		sa->unsealed = 1;
-	json_decref(o);
-	if (sa->n == sa->cap) {
-		sa->cap = sa->cap ? sa->cap * 2 : 256;
-		if ((p = realloc(sa->seqs, (size_t)sa->cap * sizeof(int64_t))) ==
-		    NULL)
-			return -1;
-		sa->seqs = p;
-		if ((p = realloc(sa->bodies, (size_t)sa->cap * sizeof(char *))) ==
-		    NULL)
-			return -1;
-		sa->bodies = p;
-	}
-	sa->seqs[sa->n] = seq;
-	if ((sa->bodies[sa->n] = strdup(body)) == NULL)
-		return -1;
-	sa->n++;
-	return 0;
-}
-
-static int
-last_digest(int64_t seq, const char *body, void *arg)
-{
-	struct seal_arg *sa = arg;
-	json_t *o = json_loads(body, 0, NULL);
-
-	(void)seq;
-	if (o != NULL && json_object_get(o, "sig") != NULL &&
-	    ledger_digest(o, sa->d->ledger_prev) == 0)
-		sa->unsealed = 0;
-	else
-		sa->unsealed = 1;
-	json_decref(o);
-	return 0;
-}
-
-static int
-ledger_start(struct lockerd *d)
-{
-	struct seal_arg sa = { d, NULL, NULL, 0, 0, 0 };
-	uint8_t digest[32];
-	int64_t last = store_event_last(d->store);
-	int i, rc = 0;
-	json_t *o;
-	char *text;
-
-	memset(d->ledger_prev, 0, sizeof(d->ledger_prev));
-	if (last <= 0)
-		return last;
-	if (store_events_after(d->store, last - 1, 1, last_digest, &sa) == -1)
-		return -1;
-	if (!sa.unsealed)
-		return 0;
-	/* Written before events were signed: seal them all, in order. */
-	if (store_events_after(d->store, 0, INT32_MAX, seal_collect, &sa) == -1
-	    || store_begin(d->store) == -1)
-		rc = -1;
-	memset(d->ledger_prev, 0, sizeof(d->ledger_prev));
-	for (i = 0; rc == 0 && i < sa.n; i++) {
-		if ((o = json_loads(sa.bodies[i], 0, NULL)) == NULL ||
-		    ledger_seal(o, d->keys->sign_sk, d->ledger_prev, digest) ==
-		    -1 || (text = json_dumps(o, JSON_COMPACT)) == NULL) {
-			json_decref(o);
-			rc = -1;
-			break;
-		}
-		json_decref(o);
-		rc = store_event_body(d->store, sa.seqs[i], text);
-		free(text);
-		memcpy(d->ledger_prev, digest, sizeof(digest));
-	}
-	if (rc == 0 && sa.n > 0)
-		rc = store_commit(d->store);
-	else if (sa.n > 0)
-		store_rollback(d->store);
-	if (rc == 0)
-		log_info("ledger: sealed %d events written before signing",
-		    sa.n);
-	for (i = 0; i < sa.n; i++)
-		free(sa.bodies[i]);
-	free(sa.bodies);
-	free(sa.seqs);
-	return rc;
 }
 
 /* Active reservations, believed only if the device key signed them. */
@@ -1011,8 +964,12 @@ resv_row(const char *key, const char *body, const void *sig, size_t siglen,
 	if (o != NULL && custody_resv_parse(o, &d->bank, &r, why,
 	    sizeof(why)) == 0 && strcmp(key, "") != 0 &&
 	    r.id == strtoll(key, NULL, 10)) {
-		/* Signed, but is it the newest? The ledger says. */
-		if ((last = store_resv_last_event(d->store, r.id)) != r.last_seq)
+		/* Signed, but is it the newest? The verified ledger says,
+		 * never the database's own columns (mark.c). */
+		if ((last = mark_resv_expected(d, r.id)) == 0)
+			snprintf(why, sizeof(why), "not active in the ledger "
+			    "(row at seq %lld)", (long long)r.last_seq);
+		else if (last != r.last_seq)
 			snprintf(why, sizeof(why), "older than its ledger "
 			    "(row at seq %lld, newest event seq %lld)",
 			    (long long)r.last_seq, (long long)last);
@@ -1033,6 +990,61 @@ resv_row(const char *key, const char *body, const void *sig, size_t siglen,
 			la->nrejected++;
 		}
 	}
+	return 0;
+}
+
+/*
+ * Once, at start: a reservation the verified ledger knows as live must
+ * be loaded. One that the database stopped calling active (its active
+ * column, unsigned) is loaded from its row if that is good and fresh,
+ * and the column put right; either way it is an alarm.
+ */
+static int
+live_check(struct lockerd *d, struct load_arg *la)
+{
+	struct mark_head *h = &d->head;
+	char key[24];
+	int i, j, before;
+
+	for (i = 0; i < h->nlive; i++) {
+		if (resv_slot_of_id(&d->resv, h->live[i].id) != -1)
+			continue;
+		snprintf(key, sizeof(key), "%lld", (long long)h->live[i].id);
+		/* Its row was read, and rejected, already. */
+		for (j = 0; j < la->nrejected; j++)
+			if (strcmp(la->rejected[j], key) == 0)
+				break;
+		if (j < la->nrejected)
+			continue;
+		before = la->nrejected;
+		if (store_resv_get(d->store, h->live[i].id, resv_row, la) ==
+		    -1)
+			return -1;
+		if (la->nrejected > before)
+			continue;
+		if (la->nrejected < 8) {
+			snprintf(la->rejected[la->nrejected], 24, "%s", key);
+			snprintf(la->why[la->nrejected], 96, "%s",
+			    resv_slot_of_id(&d->resv, h->live[i].id) != -1 ?
+			    "live in the ledger but not marked active in the "
+			    "database; loaded from its signed row" :
+			    "live in the ledger but its row is missing");
+			la->nrejected++;
+		}
+		log_error("reservation %s: live in the ledger (seq %lld) but %s",
+		    key, (long long)h->live[i].seq, resv_slot_of_id(&d->resv,
+		    h->live[i].id) != -1 ? "not marked active in the database: "
+		    "loaded from its signed row" : "its row is missing; no door "
+		    "opens for it");
+		if (resv_slot_of_id(&d->resv, h->live[i].id) != -1 &&
+		    (store_begin(d->store) == -1 || store_resv_set_active(
+		    d->store, h->live[i].id, 1) == -1 ||
+		    store_commit(d->store) == -1))
+			store_rollback(d->store);
+	}
+	free(h->live);
+	h->live = NULL;
+	h->nlive = 0;
 	return 0;
 }
 
@@ -1057,6 +1069,8 @@ load_resv(struct lockerd *d)
 	}
 	if (store_resv_active(d->store, resv_row, &la) == -1)
 		return -1;
+	if (live_check(d, &la) == -1)
+		return -1;
 	for (i = 0; i < la.nrejected; i++) {
 		json_t *x = json_pack("{s:b, s:s, s:s, s:s}", "alarm", 1,
 		    "record", "reservation", "id", la.rejected[i], "reason",
@@ -1068,6 +1082,94 @@ load_resv(struct lockerd *d)
 	}
 	log_debug("reservations: %d active", la.loaded);
 	return 0;
+}
+
+/*
+ * The device keys. A key is made only on a first start, with an empty
+ * database: over a ledger a new key would silently kill every live code,
+ * every staff PIN and the whole chain's verification.
+ */
+static int
+load_keys(struct lockerd *d)
+{
+	uint8_t pk[CODES_PK_LEN];
+	char err[512];
+	int empty;
+
+	if ((empty = store_is_empty(d->store)) == -1)
+		return -1;
+	if ((d->keys = codes_keys_open(d->cfg.key_file, empty, err,
+	    sizeof(err))) == NULL) {
+		if (!empty && access(d->cfg.key_file, F_OK) == -1 &&
+		    errno == ENOENT)
+			log_error("%s: the device key file is missing, but the "
+			    "database %s already holds records signed with it. "
+			    "lockerd makes a key only on a first start with an "
+			    "empty database (a new one would make every live "
+			    "code, staff PIN and the whole ledger fail). Restore "
+			    "the key file from its backup (mode 0600, owned by "
+			    "lockerd's user); to start this locker over from "
+			    "nothing, move the database and its -mark file away "
+			    "first", d->cfg.key_file, d->cfg.database);
+		else
+			log_error("%s", err);
+		return -1;
+	}
+	/* The key the platform and this locker share for code MACs. */
+	if (d->cfg.mqtt.platform_key[0] != '\0' &&
+	    codes_unhex(d->cfg.mqtt.platform_key, pk, sizeof(pk)) == 0) {
+		if ((d->head.code_key = sodium_malloc(LEDGER_HASH_LEN)) == NULL ||
+		    ledger_code_key(d->keys->sign_sk, d->keys->sign_pk, pk, 1,
+		    d->head.code_key) == -1) {
+			log_error("[mqtt] platform_key is not a usable Ed25519 "
+			    "public key");
+			return -1;
+		}
+		sodium_mprotect_readonly(d->head.code_key);
+	}
+	return 0;
+}
+
+/* Staff rows that disagree with the verified ledger: alarms, at start. */
+static void
+staff_rejected(const char *id, const char *why, void *arg)
+{
+	struct lockerd *d = arg;
+	json_t *x = json_pack("{s:b, s:s, s:s, s:s}", "alarm", 1, "record",
+	    "staff", "id", id, "reason", why);
+
+	if (x == NULL || lockerd_record(d, "record_rejected", x) == -1)
+		log_error("could not record the rejected staff account");
+	json_decref(x);
+}
+
+static int
+check_staff(struct lockerd *d)
+{
+	return staff_scan(d->store, d->keys->sign_pk, staff_rejected, d);
+}
+
+int
+lockerd_load_resv(struct lockerd *d)
+{
+	return load_resv(d);
+}
+
+int
+lockerd_reissue(struct lockerd *d, int64_t id)
+{
+	struct lockerd_step *s;
+	int rc = -1;
+
+	if ((s = malloc(sizeof(*s))) == NULL)
+		return -1;
+	lockerd_step_init(s);
+	if (resv_reissue(&d->resv, id, lockerd_now(), &s->resv) == RESV_OK)
+		rc = lockerd_run(d, s);
+	for (int i = 0; i < s->nissued; i++)
+		sodium_memzero(s->issued[i].code, sizeof(s->issued[i].code));
+	free(s);
+	return rc;
 }
 
 int
@@ -1090,13 +1192,10 @@ lockerd_start_offline(struct lockerd *d)
 	 * now (test_powerloss found it).
 	 */
 	store_scrub(d->store);
-	if ((d->keys = codes_keys_load(d->cfg.key_file, err, sizeof(err))) ==
-	    NULL) {
-		log_error("%s", err);
+	if (load_keys(d) == -1)
 		return -1;
-	}
 	if ((d->boot = store_boot(d->store)) == -1 || load_cells(d) == -1 ||
-	    ledger_start(d) == -1)
+	    mark_start(d) == -1)
 		return -1;
 	t.debounce_ms = d->cfg.timing.debounce_ms;
 	t.unlock_confirm_ms = d->cfg.timing.unlock_confirm_ms;
@@ -1111,7 +1210,9 @@ lockerd_start_offline(struct lockerd *d)
 	/* Not failures here: every command takes a token (link.c). */
 	throttle_init_rate(&d->cmd_thr, d->cfg.mqtt.command_burst,
 	    d->cfg.mqtt.command_rate, util_mono_ms());
-	return load_resv(d);
+	if (load_resv(d) == -1)
+		return -1;
+	return d->head.held[0] != '\0' ? 0 : check_staff(d);
 }
 
 int
@@ -1132,9 +1233,10 @@ lockerd_start(struct lockerd *d)
 		    d->cfg.control.client_idle_s);
 	if (kiosk_open(d) == -1)
 		return -1;
-	log_info("locker %s: %d cells on %d boards, boot %lld, ready",
+	log_info("locker %s: %d cells on %d boards, boot %lld, %s",
 	    d->cfg.locker_id, d->cfg.ncells, d->cfg.nboards,
-	    (long long)d->boot);
+	    (long long)d->boot, d->head.held[0] != '\0' ? "HELD (see above)" :
+	    "ready");
 	return 0;
 }
 
@@ -1148,6 +1250,12 @@ lockerd_stop(struct lockerd *d)
 	/* The workers switch off any relay still in a pulse. */
 	mb_stop(d->mb);
 	d->mb = NULL;
+	/* Exact at a clean stop: what reached the broker included. */
+	mark_flush(d, 1);
+	mark_free(d);
+	if (d->head.code_key != NULL)
+		sodium_free(d->head.code_key);
+	d->head.code_key = NULL;
 	store_close(d->store);
 	d->store = NULL;
 	resv_free(&d->resv);

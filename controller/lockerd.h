@@ -11,6 +11,7 @@
 #include "codes.h"
 #include "config.h"
 #include "jsonl.h"
+#include "mark.h"
 #include "mb.h"
 #include "resv.h"
 #include "staff.h"
@@ -101,6 +102,7 @@ struct lockerd {
 	struct resv_table resv;
 	uint8_t ledger_prev[32];        /* digest of the last committed event */
 	uint8_t ledger_pend[32];        /* ... of the last one in this tx */
+	struct mark_head head;          /* its seq, the mark, held (mark.c) */
 	struct jsonl *kiosk;
 	struct throttle_keypad thr;     /* codes and PINs (kiosk.c) */
 	struct throttle cmd_thr;        /* platform commands (link.c) */
@@ -148,6 +150,13 @@ void lockerd_step_init(struct lockerd_step *s);
 int lockerd_run(struct lockerd *d, struct lockerd_step *s);
 /* Appends one event of its own (staff log-ins, alarms) in its own tx. */
 int lockerd_record(struct lockerd *d, const char *type, json_t *extra);
+/* The same at seq next or later (a restore resumes there, mark.c). */
+int lockerd_record_from(struct lockerd *d, const char *type, json_t *extra,
+    int64_t next);
+/* Reads the reservations from the store again (mark.c, on a restore). */
+int lockerd_load_resv(struct lockerd *d);
+/* A new code for a reservation holding a live one (0 if it got one). */
+int lockerd_reissue(struct lockerd *d, int64_t id);
 /* A staff account provisioned or revoked: its event and row, one tx. */
 int lockerd_staff_change(struct lockerd *d, struct staff *st,
     const char *type, json_t *extra);

@@ -61,7 +61,8 @@ usage(FILE *f)
 "                           once from standard input; --name and --role say\n"
 "                           who (role staff by default)\n"
 "      --verify-ledger      check the whole event chain (sequence, hash links,\n"
-"                           signatures) and exit: 0 if it holds, else the\n"
+"                           signatures) and its end against the ledger's mark\n"
+"                           (DATABASE-mark) and exit: 0 if it holds, else the\n"
 "                           first broken link on stderr and exit 1\n"
 "      --public-key         print the device's Ed25519 public key (hex), the\n"
 "                           key a platform verifies events and QR codes with\n"
@@ -213,6 +214,9 @@ run(struct lockerd *d, int sigfd)
 			next = now + (t > wall ? t - wall : 0);
 		if ((t = lockerd_watchdog(d, now)) < next)
 			next = t;
+		/* The ledger's mark waits for the disk (mark.c). */
+		if ((t = mark_next(d)) < next)
+			next = t;
 		timeout = next == INT64_MAX ? -1 : next <= now ? 0 :
 		    next - now > 60000 ? 60000 : (int)(next - now);
 		n = poll(pfd, (nfds_t)(PFD_CTL + nctl + nkiosk), timeout);
@@ -298,10 +302,22 @@ static int
 open_state(struct lockerd *d)
 {
 	char err[512];
+	int empty = 0;
 
+	/* A key is made only for an empty database (lockerd.c). */
 	if ((d->store = store_open(d->cfg.database, err, sizeof(err))) == NULL ||
-	    (d->keys = codes_keys_load(d->cfg.key_file, err, sizeof(err))) ==
-	    NULL) {
+	    (empty = store_is_empty(d->store)) == -1 ||
+	    (d->keys = codes_keys_open(d->cfg.key_file, empty, err,
+	    sizeof(err))) == NULL) {
+		if (empty == -1)
+			snprintf(err, sizeof(err), "%s: cannot be read",
+			    d->cfg.database);
+		else if (d->store != NULL && access(d->cfg.key_file, F_OK) ==
+		    -1 && errno == ENOENT)
+			snprintf(err + strlen(err), sizeof(err) - strlen(err),
+			    ", but the database %s holds records signed with "
+			    "it: restore the key file from its backup",
+			    d->cfg.database);
 		fprintf(stderr, "lockerd: %s\n", err);
 		store_close(d->store);
 		d->store = NULL;
@@ -387,6 +403,7 @@ verify_ledger(struct lockerd *d)
 	static const uint8_t zero[LEDGER_HASH_LEN];
 	struct verify_arg va;
 	int64_t after = 0;
+	char why[320];
 	int rc;
 
 	if (open_state(d) == -1)
@@ -397,6 +414,14 @@ verify_ledger(struct lockerd *d)
 		after = va.v.next_seq - 1;
 		rc = store_events_after(d->store, after, 1000, verify_one, &va);
 	} while (rc == 0 && !va.failed && va.v.next_seq - 1 > after);
+	/* A chain that verifies may still be cut short, or be an old copy:
+	 * the mark beside the database knows the head (mark.c). */
+	if (rc == 0 && !va.failed && mark_verify(d, va.v.next_seq - 1,
+	    va.v.prev, why, sizeof(why)) == -1) {
+		close_state(d);
+		fprintf(stderr, "ledger broken: %s\n", why);
+		return 1;
+	}
 	close_state(d);
 	if (rc == -1)
 		return 1;
@@ -404,8 +429,8 @@ verify_ledger(struct lockerd *d)
 		fprintf(stderr, "ledger broken: %s\n", va.v.error);
 		return 1;
 	}
-	printf("ledger ok: %lld events, chain and signatures verify\n",
-	    (long long)va.v.count);
+	printf("ledger ok: %lld events, chain and signatures verify; %s\n",
+	    (long long)va.v.count, why);
 	return 0;
 }
 

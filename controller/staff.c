@@ -220,3 +220,67 @@ staff_get(struct store *st, const uint8_t pk[CODES_PK_LEN], const char *id,
 	}
 	return rc;
 }
+
+struct scan_arg {
+	struct store *st;
+	const uint8_t *pk;
+	struct {
+		char id[STAFF_ID_MAX];
+		char why[96];
+	} *bad;
+	size_t n, cap;
+};
+
+static int
+scan_row(const char *key, const char *body, const void *sig, size_t siglen,
+    void *arg)
+{
+	struct scan_arg *sa = arg;
+	struct staff out;
+	struct get_arg g = { sa->pk, &out, 0 };
+	char why[96] = "";
+	int64_t last;
+	void *p;
+
+	memset(&out, 0, sizeof(out));
+	got_row(key, body, sig, siglen, &g);
+	if (g.bad)
+		snprintf(why, sizeof(why), "its row does not verify: not "
+		    "written by this locker");
+	else if ((last = store_staff_last_event(sa->st, key)) == -1)
+		return -1;
+	else if (last != out.last_seq)
+		snprintf(why, sizeof(why), "its row is from before its newest "
+		    "ledger event (row at seq %lld, ledger seq %lld)",
+		    (long long)out.last_seq, (long long)last);
+	sodium_memzero(&out, sizeof(out));
+	if (why[0] == '\0')
+		return 0;
+	if (sa->n == sa->cap) {
+		sa->cap = sa->cap ? sa->cap * 2 : 8;
+		if ((p = realloc(sa->bad, sa->cap * sizeof(*sa->bad))) == NULL)
+			return -1;
+		sa->bad = p;
+	}
+	util_strlcpy(sa->bad[sa->n].id, key, sizeof(sa->bad[0].id));
+	util_strlcpy(sa->bad[sa->n++].why, why, sizeof(sa->bad[0].why));
+	return 0;
+}
+
+int
+staff_scan(struct store *st, const uint8_t pk[CODES_PK_LEN],
+    void (*rejected)(const char *id, const char *why, void *arg), void *arg)
+{
+	struct scan_arg sa = { st, pk, NULL, 0, 0 };
+	size_t i;
+	int rc;
+
+	rc = store_staff_all(st, scan_row, &sa);
+	for (i = 0; rc == 0 && i < sa.n; i++) {
+		log_error("staff %s: rejected: %s; it cannot log in",
+		    sa.bad[i].id, sa.bad[i].why);
+		rejected(sa.bad[i].id, sa.bad[i].why, arg);
+	}
+	free(sa.bad);
+	return rc;
+}

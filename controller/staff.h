@@ -74,4 +74,11 @@ int staff_write(struct store *st, const struct codes_keys *k,
 int staff_get(struct store *st, const uint8_t pk[CODES_PK_LEN],
     const char *id, struct staff *out);
 
+/*
+ * At start: every stored account that does not verify, or is older than
+ * its newest ledger event, is named to rejected (id, why) after the scan.
+ */
+int staff_scan(struct store *st, const uint8_t pk[CODES_PK_LEN],
+    void (*rejected)(const char *id, const char *why, void *arg), void *arg);
+
 #endif

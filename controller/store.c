@@ -30,13 +30,16 @@ enum {
 	ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
 	ST_CELL_DEFINE, ST_CELL_GET, ST_CELL_SAVE,
 	ST_EVENT_APPEND, ST_EVENT_LAST, ST_EVENTS_AFTER,
-	ST_SECRET_SET, ST_SECRETS, ST_BODY_SET,
+	ST_SECRET_SET, ST_SECRETS,
 	ST_RESV_SAVE, ST_RESV_ACTIVE, ST_RESV_MAX,
 	ST_STAFF_PUT, ST_STAFF_GET, ST_EVENT_RESV, ST_RESV_LAST,
 	ST_EVENT_STAFF, ST_STAFF_LAST,
 	ST_OUTBOX, ST_DELIVERED, ST_UNDELIVERED,
 	ST_CMD_GET, ST_CMD_START, ST_CMD_DONE, ST_NONCE_ADD, ST_NONCE_PRUNE,
 	ST_SYNC_NORMAL, ST_SYNC_FULL,
+	ST_EVENT_INDEX, ST_INDEX_SET, ST_STAFF_SEQS, ST_STAFF_UNINDEX,
+	ST_RESV_GET, ST_RESV_ACTIVE_SET, ST_STAFF_ALL, ST_REJECT_COPY,
+	ST_REJECT_DELETE, ST_DELIVERED_RESET, ST_FIRST_UNDELIVERED,
 	ST_COUNT
 };
 
@@ -66,7 +69,6 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_SECRETS] =
 	    "SELECT seq, secret FROM events WHERE secret IS NOT NULL "
 	    "ORDER BY seq",
-	[ST_BODY_SET] = "UPDATE events SET body = ?2 WHERE seq = ?1",
 	[ST_RESV_SAVE] =
 	    "INSERT INTO reservations (id, active, body, sig) "
 	    "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET "
@@ -106,6 +108,26 @@ static const char *const sql_text[ST_COUNT] = {
 	[ST_EVENT_STAFF] = "UPDATE events SET staff = ?2 WHERE seq = ?1",
 	[ST_STAFF_LAST] =
 	    "SELECT coalesce(max(seq), 0) FROM events WHERE staff = ?1",
+	[ST_EVENT_INDEX] =
+	    "SELECT seq, body, resv, staff FROM events WHERE seq > ?1 "
+	    "ORDER BY seq LIMIT ?2",
+	[ST_INDEX_SET] = "UPDATE events SET resv = ?2, staff = ?3 WHERE seq = ?1",
+	[ST_STAFF_SEQS] =
+	    "SELECT staff, max(seq) FROM events WHERE staff IS NOT NULL "
+	    "GROUP BY staff ORDER BY staff",
+	[ST_STAFF_UNINDEX] =
+	    "UPDATE events SET staff = NULL WHERE staff = ?1 AND seq > ?2",
+	[ST_RESV_GET] = "SELECT id, body, sig FROM reservations WHERE id = ?1",
+	[ST_RESV_ACTIVE_SET] = "UPDATE reservations SET active = ?2 WHERE id = ?1",
+	[ST_STAFF_ALL] = "SELECT id, body, sig FROM staff ORDER BY id",
+	[ST_REJECT_COPY] =
+	    "INSERT INTO events_rejected (seq, time, type, body, reason, at) "
+	    "SELECT seq, time, type, body, ?2, ?3 FROM events WHERE seq >= ?1",
+	[ST_REJECT_DELETE] = "DELETE FROM events WHERE seq >= ?1",
+	[ST_DELIVERED_RESET] =
+	    "UPDATE events SET delivered = 0 WHERE seq > ?1 AND delivered = 1",
+	[ST_FIRST_UNDELIVERED] =
+	    "SELECT coalesce(min(seq), 0) FROM events WHERE delivered = 0",
 };
 
 struct store {
@@ -117,6 +139,12 @@ struct store {
 	char path[4096];
 	dev_t dev;           /* the file opened, to notice it go or change */
 	ino_t ino;
+	/* The ledger's mark (store_mark_read): PATH-mark through the VFS,
+	 * or for an in-memory database these bytes. */
+	char mark_path[4096 + 8];
+	sqlite3_file *mark;
+	unsigned char mark_mem[STORE_MARK_SIZE];
+	int mark_mem_len;
 };
 
 #define STORE_BUSY_MS 5000
@@ -266,6 +294,7 @@ store_open(const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: path too long", path);
 		goto fail;
 	}
+	snprintf(s->mark_path, sizeof(s->mark_path), "%s-mark", path);
 	/* An in-memory database (tests) has no file to watch. */
 	if (strcmp(path, ":memory:") == 0)
 		return s;
@@ -290,6 +319,11 @@ store_close(struct store *s)
 		return;
 	for (i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(s->st[i]);
+	if (s->mark != NULL) {
+		if (s->mark->pMethods != NULL)
+			s->mark->pMethods->xClose(s->mark);
+		free(s->mark);
+	}
 	if (s->db != NULL && sqlite3_close(s->db) != SQLITE_OK)
 		log_error("closing the database: %s", sqlite3_errmsg(s->db));
 	free(s);
@@ -583,16 +617,6 @@ store_event_secrets(struct store *s, store_event_fn fn, void *arg)
 }
 
 int
-store_event_body(struct store *s, int64_t seq, const char *body)
-{
-	sqlite3_stmt *st = s->st[ST_BODY_SET];
-
-	sqlite3_bind_int64(st, 1, seq);
-	sqlite3_bind_text(st, 2, body, -1, SQLITE_TRANSIENT);
-	return step_done(s, ST_BODY_SET);
-}
-
-int
 store_resv_save(struct store *s, int64_t id, int active, const char *body,
     const uint8_t *sig, size_t siglen)
 {
@@ -852,6 +876,359 @@ store_nonce_use(struct store *s, const char *nonce, int64_t at,
 	if (store_commit(s) == -1)
 		return -1;
 	return fresh ? 0 : 1;
+}
+
+/* ---- Custody checks at start-up (mark.c) -------------------------- */
+
+int
+store_is_empty(struct store *s)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(s->db, "SELECT EXISTS (SELECT 1 FROM events) "
+	    "OR EXISTS (SELECT 1 FROM reservations) OR EXISTS (SELECT 1 FROM "
+	    "staff)", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) ==
+	    SQLITE_ROW)
+		rc = sqlite3_column_int(st, 0) ? 0 : 1;
+	else
+		log_error("database: %s: %s", s->path, sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int
+store_meta_take(struct store *s, const char *key)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(s->db, "DELETE FROM meta WHERE key = ?1", -1,
+	    &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+		if (sqlite3_step(st) == SQLITE_DONE)
+			rc = sqlite3_changes(s->db) > 0;
+	}
+	if (rc == -1)
+		log_error("database: meta %s: %s", key, sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int
+store_meta_has(struct store *s, const char *key)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(s->db, "SELECT EXISTS (SELECT 1 FROM meta "
+	    "WHERE key = ?1)", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			rc = sqlite3_column_int(st, 0);
+	}
+	if (rc == -1)
+		log_error("database: meta %s: %s", key, sqlite3_errmsg(s->db));
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int64_t
+store_boot_raise(struct store *s, int64_t min)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t boot = -1;
+
+	if (store_begin(s) == -1)
+		return -1;
+	if (sqlite3_prepare_v2(s->db, "UPDATE meta SET value = "
+	    "CAST(max(CAST(value AS INTEGER), ?1) AS TEXT) WHERE key = 'boot' "
+	    "RETURNING CAST(value AS INTEGER)", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(st, 1, min);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			boot = sqlite3_column_int64(st, 0);
+	}
+	sqlite3_finalize(st);
+	if (boot == -1) {
+		log_error("database: raising the boot counter: %s",
+		    sqlite3_errmsg(s->db));
+		store_rollback(s);
+		return -1;
+	}
+	return store_commit(s) == -1 ? -1 : boot;
+}
+
+int
+store_event_index(struct store *s, int64_t after, int limit,
+    store_index_fn fn, void *arg)
+{
+	sqlite3_stmt *st = s->st[ST_EVENT_INDEX];
+	int rc, ret = 0;
+
+	sqlite3_bind_int64(st, 1, after);
+	sqlite3_bind_int(st, 2, limit);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if (fn(sqlite3_column_int64(st, 0),
+		    (const char *)sqlite3_column_text(st, 1),
+		    sqlite3_column_type(st, 2) == SQLITE_NULL ? 0 :
+		    sqlite3_column_int64(st, 2),
+		    (const char *)sqlite3_column_text(st, 3), arg) == -1)
+			break;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading the ledger: %s",
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
+int
+store_event_index_set(struct store *s, int64_t seq, int64_t resv,
+    const char *staff)
+{
+	sqlite3_stmt *st = s->st[ST_INDEX_SET];
+
+	sqlite3_bind_int64(st, 1, seq);
+	if (resv > 0)
+		sqlite3_bind_int64(st, 2, resv);
+	else
+		sqlite3_bind_null(st, 2);
+	if (staff != NULL)
+		sqlite3_bind_text(st, 3, staff, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_null(st, 3);
+	return step_done(s, ST_INDEX_SET);
+}
+
+int
+store_staff_seqs(struct store *s, store_event_fn fn, void *arg)
+{
+	sqlite3_stmt *st = s->st[ST_STAFF_SEQS];
+	int rc, ret = 0;
+
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		if (fn(sqlite3_column_int64(st, 1),
+		    (const char *)sqlite3_column_text(st, 0), arg) == -1)
+			break;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading the staff index: %s",
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	return ret;
+}
+
+int
+store_staff_unindex(struct store *s, const char *id, int64_t above)
+{
+	sqlite3_stmt *st = s->st[ST_STAFF_UNINDEX];
+
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, above);
+	return step_done(s, ST_STAFF_UNINDEX);
+}
+
+/* Rows of (key, body, sig) to fn; the key column an integer or text. */
+static int
+step_rows(struct store *s, int which, const char *what, store_row_fn fn,
+    void *arg)
+{
+	sqlite3_stmt *st = s->st[which];
+	char key[64];
+	int rc, ret = 0;
+
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (sqlite3_column_type(st, 0) == SQLITE_INTEGER)
+			snprintf(key, sizeof(key), "%lld",
+			    (long long)sqlite3_column_int64(st, 0));
+		else
+			util_strlcpy(key, (const char *)sqlite3_column_text(st,
+			    0), sizeof(key));
+		if (fn(key, (const char *)sqlite3_column_text(st, 1),
+		    sqlite3_column_blob(st, 2),
+		    (size_t)sqlite3_column_bytes(st, 2), arg) == -1)
+			break;
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error("database: reading %s: %s", what,
+		    sqlite3_errmsg(s->db));
+		ret = -1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return ret;
+}
+
+int
+store_resv_get(struct store *s, int64_t id, store_row_fn fn, void *arg)
+{
+	sqlite3_bind_int64(s->st[ST_RESV_GET], 1, id);
+	return step_rows(s, ST_RESV_GET, "a reservation", fn, arg);
+}
+
+int
+store_resv_set_active(struct store *s, int64_t id, int active)
+{
+	sqlite3_bind_int64(s->st[ST_RESV_ACTIVE_SET], 1, id);
+	sqlite3_bind_int(s->st[ST_RESV_ACTIVE_SET], 2, active ? 1 : 0);
+	return step_done(s, ST_RESV_ACTIVE_SET);
+}
+
+int
+store_staff_all(struct store *s, store_row_fn fn, void *arg)
+{
+	return step_rows(s, ST_STAFF_ALL, "the staff accounts", fn, arg);
+}
+
+int
+store_event_reject(struct store *s, int64_t from, const char *reason)
+{
+	sqlite3_bind_int64(s->st[ST_REJECT_COPY], 1, from);
+	sqlite3_bind_text(s->st[ST_REJECT_COPY], 2, reason, -1,
+	    SQLITE_TRANSIENT);
+	sqlite3_bind_int64(s->st[ST_REJECT_COPY], 3, util_wall_ms());
+	sqlite3_bind_int64(s->st[ST_REJECT_DELETE], 1, from);
+	if (step_done(s, ST_REJECT_COPY) == -1 ||
+	    step_done(s, ST_REJECT_DELETE) == -1)
+		return -1;
+	s->next_seq = store_event_last(s) + 1;
+	return s->next_seq > 0 ? 0 : -1;
+}
+
+void
+store_event_seq_skip(struct store *s, int64_t next)
+{
+	if (next > s->next_seq)
+		s->next_seq = next;
+}
+
+int64_t
+store_first_undelivered(struct store *s)
+{
+	return step_int64(s, ST_FIRST_UNDELIVERED, "the outbox");
+}
+
+int64_t
+store_delivered_reset(struct store *s, int64_t after)
+{
+	sqlite3_bind_int64(s->st[ST_DELIVERED_RESET], 1, after);
+	if (step_done(s, ST_DELIVERED_RESET) == -1)
+		return -1;
+	return sqlite3_changes(s->db);
+}
+
+/*
+ * The mark file goes through SQLite's VFS, opened as a journal would be:
+ * the unix VFS then gives it the database's mode and owner, syncs its
+ * folder on the first sync after creating it, and test_powerloss's disk
+ * model covers it with the database's own files.
+ */
+static int
+mark_open(struct store *s, int create)
+{
+	sqlite3_vfs *vfs = sqlite3_vfs_find(NULL);
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_MAIN_JOURNAL, out, rc;
+
+	if (s->mark != NULL)
+		return 0;
+	if (vfs == NULL)
+		return -1;
+	if (!create) {
+		if (vfs->xAccess(vfs, s->mark_path, SQLITE_ACCESS_EXISTS,
+		    &out) != SQLITE_OK)
+			return -1;
+		if (!out)
+			return 1;
+	} else
+		flags |= SQLITE_OPEN_CREATE;
+	if ((s->mark = calloc(1, (size_t)vfs->szOsFile)) == NULL)
+		return -1;
+	rc = vfs->xOpen(vfs, s->mark_path, s->mark, flags, &out);
+	if (rc != SQLITE_OK) {
+		log_error("%s: cannot open it (SQLite error %d)", s->mark_path,
+		    rc);
+		if (s->mark->pMethods != NULL)
+			s->mark->pMethods->xClose(s->mark);
+		free(s->mark);
+		s->mark = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+const char *
+store_mark_path(struct store *s)
+{
+	return s->mark_path;
+}
+
+int
+store_mark_read(struct store *s, void *buf, size_t len)
+{
+	int rc;
+
+	memset(buf, 0, len);
+	if (len > STORE_MARK_SIZE)
+		return -1;
+	if (s->ino == 0) {
+		if (s->mark_mem_len == 0)
+			return 1;
+		memcpy(buf, s->mark_mem, len);
+		return 0;
+	}
+	if ((rc = mark_open(s, 0)) != 0)
+		return rc;
+	rc = s->mark->pMethods->xRead(s->mark, buf, (int)len, 0);
+	if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) {
+		log_error("%s: reading: SQLite error %d", s->mark_path, rc);
+		return -1;
+	}
+	return 0;
+}
+
+int
+store_mark_write(struct store *s, const void *buf, size_t len, int64_t off,
+    int sync)
+{
+	int rc;
+
+	if (off < 0 || (size_t)off + len > STORE_MARK_SIZE)
+		return -1;
+	if (s->ino == 0) {
+		memcpy(s->mark_mem + off, buf, len);
+		if ((int)((size_t)off + len) > s->mark_mem_len)
+			s->mark_mem_len = (int)((size_t)off + len);
+		return 0;
+	}
+	if (mark_open(s, 1) != 0)
+		return -1;
+	if ((rc = s->mark->pMethods->xWrite(s->mark, buf, (int)len, off)) !=
+	    SQLITE_OK || (sync && (rc = s->mark->pMethods->xSync(s->mark,
+	    SQLITE_SYNC_NORMAL)) != SQLITE_OK)) {
+		log_error("%s: writing: SQLite error %d", s->mark_path, rc);
+		return -1;
+	}
+	return 0;
+}
+
+int
+store_mark_sync(struct store *s)
+{
+	int rc;
+
+	if (s->ino == 0)
+		return 0;
+	if (s->mark == NULL)
+		return -1;
+	if ((rc = s->mark->pMethods->xSync(s->mark, SQLITE_SYNC_NORMAL)) !=
+	    SQLITE_OK) {
+		log_error("%s: syncing: SQLite error %d", s->mark_path, rc);
+		return -1;
+	}
+	return 0;
 }
 
 /*

@@ -120,8 +120,6 @@ int64_t store_resv_last_event(struct store *s, int64_t resv);
 /* The same for staff accounts (staff_added / staff_revoked events). */
 int store_event_staff(struct store *s, int64_t seq, const char *id);
 int64_t store_staff_last_event(struct store *s, const char *id);
-/* Rewrites an event's body (sealing events written before signing). */
-int store_event_body(struct store *s, int64_t seq, const char *body);
 
 /*
  * Signed rows (reservations, staff): the key as text, the canonical body
@@ -139,6 +137,61 @@ int store_staff_put(struct store *s, const char *id, const char *body,
 /* 0 and fn called if found, 1 if there is no such staff id, -1 on error. */
 int store_staff_get(struct store *s, const char *id, store_row_fn fn,
     void *arg);
+
+
+/*
+ * Custody checks at start-up (mark.c). The database is empty: no event,
+ * no reservation, no staff account (1), or not (0); -1 on error.
+ */
+int store_is_empty(struct store *s);
+/* A flag in meta: 1 set, 0 not; take deletes it (1 if it was there). */
+int store_meta_has(struct store *s, const char *key);
+int store_meta_take(struct store *s, const char *key);
+/* The boot counter raised to at least min (own transaction). */
+int64_t store_boot_raise(struct store *s, int64_t min);
+/* Events with seq > after with their unsigned index columns (resv 0 and
+ * staff NULL when not set). */
+typedef int (*store_index_fn)(int64_t seq, const char *body, int64_t resv,
+    const char *staff, void *arg);
+int store_event_index(struct store *s, int64_t after, int limit,
+    store_index_fn fn, void *arg);
+/* Sets both index columns of an event (0 / NULL clear them). */
+int store_event_index_set(struct store *s, int64_t seq, int64_t resv,
+    const char *staff);
+/* fn(newest seq, staff id, arg) for each id in the staff index. */
+int store_staff_seqs(struct store *s, store_event_fn fn, void *arg);
+/* Clears the staff index of id's events after seq above. */
+int store_staff_unindex(struct store *s, const char *id, int64_t above);
+/* One reservation row (fn not called if there is none); every staff row. */
+int store_resv_get(struct store *s, int64_t id, store_row_fn fn, void *arg);
+int store_resv_set_active(struct store *s, int64_t id, int active);
+int store_staff_all(struct store *s, store_row_fn fn, void *arg);
+/*
+ * Moves the events from seq from on out of the ledger into
+ * events_rejected, with the reason; the next event gets seq from.
+ */
+int store_event_reject(struct store *s, int64_t from, const char *reason);
+/* The next event appended gets at least seq next (a restore, mark.c). */
+void store_event_seq_skip(struct store *s, int64_t next);
+/* The first undelivered seq, 0 if none (one index lookup), -1 on error. */
+int64_t store_first_undelivered(struct store *s);
+/* Events after seq after marked delivered are sent again; how many. */
+int64_t store_delivered_reset(struct store *s, int64_t after);
+
+/*
+ * The ledger's mark: a small file of its own beside the database
+ * (PATH-mark), outside it, read and written through SQLite's VFS (for an
+ * in-memory database, memory). read: 0 and len bytes (what the file
+ * lacks reads as zeros), 1 if there is no such file, -1 on error. write:
+ * len bytes at off (the file created if need be), synced if sync; sync:
+ * what was written reaches the disk. 0 or -1.
+ */
+#define STORE_MARK_SIZE 1024
+const char *store_mark_path(struct store *s);
+int store_mark_read(struct store *s, void *buf, size_t len);
+int store_mark_write(struct store *s, const void *buf, size_t len,
+    int64_t off, int sync);
+int store_mark_sync(struct store *s);
 
 /*
  * The keypad throttles (kiosk.c): one row per bucket that is not full.

@@ -65,6 +65,13 @@ static const struct field f_staff_add[] = {
 static const struct field f_staff[] = {
 	{ "staff", F_STR, 1, 1, 31, STAFFCHARS },
 };
+/* The platform tells a held locker where to resume (mark.c). */
+static const struct field f_restore_ack[] = {
+	{ "locker", F_STR, 1, 1, 64, ALNUM "_-" },
+	{ "db_seq", F_INT, 1, 0, INT64_MAX / 2, NULL },
+	{ "db_head", F_STR, 1, 64, 64, "0123456789abcdef" },
+	{ "seq", F_INT, 1, 0, INT64_MAX / 4, NULL },
+};
 static const struct field f_service[] = {
 	{ "cell", F_INT, 1, 1, 999, NULL },
 	{ "in", F_BOOL, 1, 0, 0, NULL },
@@ -89,6 +96,7 @@ static const struct op {
 	OP("load", f_load, 1),
 	OP("staff_add", f_staff_add, 1),
 	OP("staff_revoke", f_staff, 1),
+	OP("restore_ack", f_restore_ack, 1),
 #undef OP
 };
 
@@ -96,7 +104,7 @@ const char *
 cmd_ops(void)
 {
 	return "ping, state, rebirth, reserve, cancel, reissue, resv, "
-	    "service, open, load, staff_add, staff_revoke";
+	    "service, open, load, staff_add, staff_revoke, restore_ack";
 }
 
 static const struct field *

@@ -110,6 +110,26 @@ ledger_digest(json_t *ev, uint8_t digest[LEDGER_HASH_LEN])
 	return 0;
 }
 
+int
+ledger_signed_by(json_t *ev, const uint8_t pk[LEDGER_PK_LEN])
+{
+	uint8_t sig[LEDGER_SIG_LEN];
+	const char *s;
+	size_t siglen, len;
+	char *canon;
+	int rc;
+
+	s = json_string_value(json_object_get(ev, "sig"));
+	if (s == NULL || sodium_base642bin(sig, sizeof(sig), s, strlen(s),
+	    NULL, &siglen, NULL, sodium_base64_VARIANT_URLSAFE_NO_PADDING) !=
+	    0 || siglen != sizeof(sig) || (canon = canon_of(ev, &len)) == NULL)
+		return -1;
+	rc = crypto_sign_verify_detached(sig, (const uint8_t *)canon, len,
+	    pk) == 0 ? 0 : -1;
+	free(canon);
+	return rc;
+}
+
 void
 ledger_verify_init(struct ledger_verify *v, const uint8_t pk[LEDGER_PK_LEN],
     int64_t first_seq, const uint8_t prev[LEDGER_HASH_LEN])
@@ -134,6 +154,19 @@ verify_fail(struct ledger_verify *v, long long seq, const char *fmt, ...)
 		va_end(ap);
 	}
 	return -1;
+}
+
+/* A restored event may skip seqs: it names the event it follows. */
+static int
+restored_skip(json_t *ev, long long seq, int64_t next)
+{
+	json_t *from = json_object_get(ev, "from_seq");
+
+	return seq > (long long)next && json_is_integer(from) &&
+	    json_integer_value(from) == next - 1 &&
+	    json_is_string(json_object_get(ev, "type")) &&
+	    strcmp(json_string_value(json_object_get(ev, "type")),
+	    "restored") == 0;
 }
 
 int
@@ -167,7 +200,8 @@ ledger_verify_next(struct ledger_verify *v, const char *text, size_t len)
 		goto out;
 	}
 	seq = (long long)json_integer_value(jseq);
-	if (seq != (long long)v->next_seq) {
+	if (seq != (long long)v->next_seq && !restored_skip(ev, seq,
+	    v->next_seq)) {
 		verify_fail(v, seq, "expected seq %lld",
 		    (long long)v->next_seq);
 		goto out;
@@ -210,11 +244,64 @@ ledger_verify_next(struct ledger_verify *v, const char *text, size_t len)
 	    NULL, 0);
 	free(canon);
 	memcpy(v->prev, digest, sizeof(digest));
-	v->next_seq++;
+	v->next_seq = (int64_t)seq + 1;
 	v->count++;
 	v->error[0] = '\0';
 	rc = 0;
 out:
 	json_decref(ev);
 	return rc;
+}
+
+int
+ledger_code_key(const uint8_t my_sk[LEDGER_SK_LEN],
+    const uint8_t device_pk[LEDGER_PK_LEN],
+    const uint8_t platform_pk[LEDGER_PK_LEN], int i_am_device,
+    uint8_t key[LEDGER_HASH_LEN])
+{
+	static const char domain[] = "lockerd/code-key/1\n";
+	uint8_t xsk[crypto_scalarmult_BYTES], xpk[crypto_scalarmult_BYTES];
+	uint8_t shared[crypto_scalarmult_BYTES];
+	crypto_generichash_state st;
+	int rc = -1;
+
+	if (crypto_sign_ed25519_sk_to_curve25519(xsk, my_sk) != 0 ||
+	    crypto_sign_ed25519_pk_to_curve25519(xpk, i_am_device ?
+	    platform_pk : device_pk) != 0 ||
+	    crypto_scalarmult(shared, xsk, xpk) != 0)
+		goto out;
+	crypto_generichash_init(&st, NULL, 0, LEDGER_HASH_LEN);
+	crypto_generichash_update(&st, (const uint8_t *)domain,
+	    sizeof(domain) - 1);
+	crypto_generichash_update(&st, shared, sizeof(shared));
+	crypto_generichash_update(&st, device_pk, LEDGER_PK_LEN);
+	crypto_generichash_update(&st, platform_pk, LEDGER_PK_LEN);
+	crypto_generichash_final(&st, key, LEDGER_HASH_LEN);
+	rc = 0;
+out:
+	sodium_memzero(xsk, sizeof(xsk));
+	sodium_memzero(shared, sizeof(shared));
+	return rc;
+}
+
+int
+ledger_code_mac(const uint8_t key[LEDGER_HASH_LEN], const char *locker,
+    int64_t seq, const char *code, char hex[2 * LEDGER_HASH_LEN + 1])
+{
+	uint8_t mac[LEDGER_HASH_LEN];
+	char *msg;
+	int n;
+
+	if ((n = snprintf(NULL, 0, "lockerd/code/1\n%s\n%lld\n%s", locker,
+	    (long long)seq, code)) < 0 || (msg = malloc((size_t)n + 1)) ==
+	    NULL)
+		return -1;
+	snprintf(msg, (size_t)n + 1, "lockerd/code/1\n%s\n%lld\n%s", locker,
+	    (long long)seq, code);
+	crypto_generichash(mac, sizeof(mac), (const uint8_t *)msg, (size_t)n,
+	    key, LEDGER_HASH_LEN);
+	sodium_memzero(msg, (size_t)n);
+	free(msg);
+	sodium_bin2hex(hex, 2 * LEDGER_HASH_LEN + 1, mac, sizeof(mac));
+	return 0;
 }

@@ -95,7 +95,7 @@ $(FUZZ_BUILD)/fuzz_kiosk: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_kiosk.c \
 		controller/custody.c controller/staff.c controller/store.c \
 		controller/throttle.c controller/jsonl.c controller/log.c \
 		controller/util.c controller/config.c controller/mb.c \
-		controller/notify.c \
+		controller/notify.c controller/mark.c \
 		proto/ledger.c proto/cmd.c) $(FUZZ_PROTO_OBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
 

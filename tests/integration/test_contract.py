@@ -36,8 +36,8 @@ CASES = os.path.join(harness.ROOT, "tests", "cmd_cases.json")
 
 # The command set of proto/cmd.c, and which ops need the signature envelope.
 OPS = ("ping", "state", "rebirth", "reserve", "cancel", "reissue", "resv", "service",
-       "open", "load", "staff_add", "staff_revoke")
-SIGNED_OPS = {"open", "load", "staff_add", "staff_revoke"}
+       "open", "load", "staff_add", "staff_revoke", "restore_ack")
+SIGNED_OPS = {"open", "load", "staff_add", "staff_revoke", "restore_ack"}
 PAYLOAD_MAX = 4096          # CMD_PAYLOAD_MAX
 # The key that signed the examples in proto/asyncapi.yaml and the command
 # schemas: Ed25519 from the seed SHA-256("lockerd example platform key").

@@ -27,7 +27,7 @@
 
 static const char *const spec_ops[] = { "ping", "state", "rebirth",
 	"reserve", "cancel", "reissue", "resv", "service", "open", "load",
-	"staff_add", "staff_revoke" };
+	"staff_add", "staff_revoke", "restore_ack" };
 
 /* Whether this codec knows op (it is in the list cmd_ops() gives). */
 static int

@@ -18,6 +18,9 @@
 #include "ledger.h"
 
 #define CHAIN_LEN 10
+/* ledger_code_mac of the known answer in test_code_mac, as computed by
+ * sim/lockerctl's code_key() and code_mac() (PyNaCl): the two agree. */
+#define CODE_MAC_KAT "791715c20f767ba139e766bf0dc15ddaafb7fec03868bb92f92c484b761f573e"
 
 struct chain {
 	uint8_t pk[LEDGER_PK_LEN];
@@ -622,6 +625,146 @@ test_seal_refuses(void **state)
 	json_decref(ev);
 }
 
+/*
+ * A restored event may skip seqs, and only it: it names the event it
+ * follows (from_seq), which must be the one before it in the walk, and
+ * links to its digest. Anything else that skips is a gap.
+ */
+static void
+test_restored_skip(void **state)
+{
+	struct chain *c = *state;
+	struct ledger_verify v;
+	uint8_t d[LEDGER_HASH_LEN];
+	char *texts[2];
+	json_t *ev;
+	int i;
+
+	ledger_verify_init(&v, c->pk, 1, NULL);
+	for (i = 0; i < 4; i++)
+		assert_int_equal(ledger_verify_next(&v, c->text[i],
+		    strlen(c->text[i])), 0);
+	/* Resumed at seq 40 after seq 4, as a restore_ack said. */
+	ev = json_pack("{s:I, s:s, s:I, s:b}", "seq", (json_int_t)40, "type",
+	    "restored", "from_seq", (json_int_t)4, "alarm", 1);
+	assert_int_equal(ledger_seal(ev, c->sk, c->digest[3], d), 0);
+	texts[0] = event_text(ev);
+	json_decref(ev);
+	ev = event_new(41);
+	assert_int_equal(ledger_seal(ev, c->sk, d, d), 0);
+	texts[1] = event_text(ev);
+	json_decref(ev);
+	assert_int_equal(ledger_verify_next(&v, texts[0], strlen(texts[0])), 0);
+	assert_int_equal(ledger_verify_next(&v, texts[1], strlen(texts[1])), 0);
+	assert_int_equal(v.next_seq, 42);
+	assert_int_equal(v.count, 6);
+	free(texts[0]);
+	free(texts[1]);
+
+	/* Another type, or a from_seq that is not the event before: gaps. */
+	ledger_verify_init(&v, c->pk, 1, NULL);
+	for (i = 0; i < 4; i++)
+		ledger_verify_next(&v, c->text[i], strlen(c->text[i]));
+	ev = json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)40, "type",
+	    "started", "from_seq", (json_int_t)4);
+	assert_int_equal(ledger_seal(ev, c->sk, c->digest[3], d), 0);
+	texts[0] = event_text(ev);
+	json_decref(ev);
+	assert_int_equal(ledger_verify_next(&v, texts[0], strlen(texts[0])), -1);
+	assert_string_equal(v.error, "seq 40: expected seq 5");
+	free(texts[0]);
+	ev = json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)40, "type",
+	    "restored", "from_seq", (json_int_t)3);
+	assert_int_equal(ledger_seal(ev, c->sk, c->digest[3], d), 0);
+	texts[0] = event_text(ev);
+	json_decref(ev);
+	assert_int_equal(ledger_verify_next(&v, texts[0], strlen(texts[0])), -1);
+	assert_string_equal(v.error, "seq 40: expected seq 5");
+	free(texts[0]);
+	/* Nor may a restored event go back. */
+	ev = json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)3, "type",
+	    "restored", "from_seq", (json_int_t)4);
+	assert_int_equal(ledger_seal(ev, c->sk, c->digest[3], d), 0);
+	texts[0] = event_text(ev);
+	json_decref(ev);
+	assert_int_equal(ledger_verify_next(&v, texts[0], strlen(texts[0])), -1);
+	free(texts[0]);
+}
+
+/* A signature checked alone: ledger_signed_by. */
+static void
+test_signed_by(void **state)
+{
+	struct chain *c = *state;
+	uint8_t pk[LEDGER_PK_LEN], sk[LEDGER_SK_LEN];
+	json_t *ev = event_parse(c->text[2]);
+
+	assert_int_equal(ledger_signed_by(ev, c->pk), 0);
+	crypto_sign_keypair(pk, sk);
+	assert_int_equal(ledger_signed_by(ev, pk), -1);
+	/* Transport fields are not signed; the rest is. */
+	json_object_set_new(ev, "replayed", json_true());
+	json_object_set_new(ev, "code", json_string("0123456789"));
+	assert_int_equal(ledger_signed_by(ev, c->pk), 0);
+	json_object_set_new(ev, "cell", json_integer(9));
+	assert_int_equal(ledger_signed_by(ev, c->pk), -1);
+	json_object_del(ev, "sig");
+	assert_int_equal(ledger_signed_by(ev, c->pk), -1);
+	json_decref(ev);
+	sodium_memzero(sk, sizeof(sk));
+}
+
+/*
+ * The code MAC's key is the same from both sides (the device with its
+ * secret key and the platform's public one, the platform with its own
+ * and the device's), and differs for another platform; the MAC binds the
+ * locker, the seq and the code, as the known answer below says.
+ */
+static void
+test_code_mac(void **state)
+{
+	struct chain *c = *state;
+	uint8_t ppk[LEDGER_PK_LEN], psk[LEDGER_SK_LEN], seed[32];
+	uint8_t opk[LEDGER_PK_LEN], osk[LEDGER_SK_LEN];
+	uint8_t kd[LEDGER_HASH_LEN], kp[LEDGER_HASH_LEN], ko[LEDGER_HASH_LEN];
+	uint8_t dpk[LEDGER_PK_LEN], dsk[LEDGER_SK_LEN];
+	char a[65], b[65];
+
+	crypto_sign_keypair(ppk, psk);
+	crypto_sign_keypair(opk, osk);
+	assert_int_equal(ledger_code_key(c->sk, c->pk, ppk, 1, kd), 0);
+	assert_int_equal(ledger_code_key(psk, c->pk, ppk, 0, kp), 0);
+	assert_memory_equal(kd, kp, sizeof(kd));
+	assert_int_equal(ledger_code_key(c->sk, c->pk, opk, 1, ko), 0);
+	assert_memory_not_equal(kd, ko, sizeof(kd));
+
+	assert_int_equal(ledger_code_mac(kd, "hall-3", 17, "0123456789", a), 0);
+	assert_int_equal(strlen(a), 64);
+	assert_int_equal(ledger_code_mac(kp, "hall-3", 17, "0123456789", b), 0);
+	assert_string_equal(a, b);
+	ledger_code_mac(kd, "hall-3", 17, "0123456788", b);
+	assert_string_not_equal(a, b);
+	ledger_code_mac(kd, "hall-3", 18, "0123456789", b);
+	assert_string_not_equal(a, b);
+	ledger_code_mac(kd, "hall-4", 17, "0123456789", b);
+	assert_string_not_equal(a, b);
+	ledger_code_mac(ko, "hall-3", 17, "0123456789", b);
+	assert_string_not_equal(a, b);
+
+	/* A known answer, for a verifier in another language: seeds of 32
+	 * bytes 0x01 (device) and 0x02 (platform). */
+	memset(seed, 1, sizeof(seed));
+	crypto_sign_seed_keypair(dpk, dsk, seed);
+	memset(seed, 2, sizeof(seed));
+	crypto_sign_seed_keypair(ppk, psk, seed);
+	assert_int_equal(ledger_code_key(dsk, dpk, ppk, 1, kd), 0);
+	assert_int_equal(ledger_code_mac(kd, "hall-3", 17, "0123456789", a), 0);
+	assert_string_equal(a, CODE_MAC_KAT);
+	sodium_memzero(psk, sizeof(psk));
+	sodium_memzero(osk, sizeof(osk));
+	sodium_memzero(dsk, sizeof(dsk));
+}
+
 int
 main(void)
 {
@@ -651,6 +794,12 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_non_ascii,
 		    chain_setup, chain_teardown),
 		cmocka_unit_test_setup_teardown(test_seal_refuses,
+		    chain_setup, chain_teardown),
+		cmocka_unit_test_setup_teardown(test_restored_skip,
+		    chain_setup, chain_teardown),
+		cmocka_unit_test_setup_teardown(test_signed_by,
+		    chain_setup, chain_teardown),
+		cmocka_unit_test_setup_teardown(test_code_mac,
 		    chain_setup, chain_teardown),
 	};
 

@@ -1101,7 +1101,8 @@ make_dir(void)
 static void
 clear_state(void)
 {
-	static const char *const suffix[] = { "", "-wal", "-shm", "-journal" };
+	static const char *const suffix[] = { "", "-wal", "-shm", "-journal",
+	    "-mark" };
 	char p[320];
 	size_t i;
 
@@ -1141,8 +1142,8 @@ boot(void)
 	for (b = 0; b < d.cfg.nboards; b++)
 		fb_inputs(b);
 	lockerd_mb_dispatch(&d);
-	extra = json_pack("{s:I, s:s}", "boot", (json_int_t)d.boot,
-	    "version", LOCKERD_VERSION);
+	extra = json_pack("{s:I, s:s, s:I}", "boot", (json_int_t)d.boot,
+	    "version", LOCKERD_VERSION, "mark_seq", (json_int_t)d.head.m.seq);
 	rc = extra != NULL ? lockerd_record(&d, "started", extra) : -1;
 	json_decref(extra);
 	if (rc == -1)
@@ -1504,7 +1505,17 @@ run_step(const struct step *s)
 
 	switch (s->act) {
 	case ACT_BOOT:
-		return boot();
+		if (boot() == -1)
+			return -1;
+		/* Half the recoveries with lockerd's sync interval (most mark
+		 * writes not synced), half with a sync at every one (by cut
+		 * and seed, so that a sampled sweep has both); the mark is
+		 * written at the end of each step (the loop's turn), not a
+		 * moment later. */
+		if ((pl_cut ^ pl_seed) & 1)
+			d.head.sync_ms = 0;
+		d.head.delay_ms = 0;
+		return 0;
 	case ACT_STAFF_ADD:
 	case ACT_STAFF_REVOKE:
 		if (staff_change(s->arg, s->act == ACT_STAFF_ADD) == -1)
@@ -1616,9 +1627,14 @@ child_run(int fd, int64_t cut, int seed)
 		rep_flush();
 		if (run_step(&steps[i]) == -1)
 			child_fail(i, "the step failed");
+		/* The end of the main loop's turn: the mark follows. */
+		mark_tick(&d);
 		if (store_events_after(d.store, head, 1000, rep_event, NULL) ==
 		    -1)
 			child_fail(i, "cannot read the ledger");
+		/* Written and synced: a restart may not find it older. */
+		if (!d.head.dirty && !d.head.unsynced)
+			rep("mark %lld\n", (long long)d.head.m.seq);
 		rep("done %d\n", i);
 		rep_flush();
 		if (i == cut_after_step)
@@ -1658,6 +1674,8 @@ struct expect {
 	int nreplied;
 	int loss[5];                /* unsynced, landed, torn, grown, names */
 	int64_t ops;                /* the child's operation count, if known */
+	int64_t mark;               /* the last mark the child saw synced */
+	int marked;
 	char inflight[128];         /* the begin line of the cut step */
 	char fail[200];
 };
@@ -1736,6 +1754,10 @@ parse_line(struct expect *e, char *line)
 		;
 	else if (sscanf(line, "ops %lld", &seq) == 1)
 		e->ops = seq;
+	else if (sscanf(line, "mark %lld", &seq) == 1) {
+		e->mark = seq;
+		e->marked = 1;
+	}
 	else if (strncmp(line, "fail ", 5) == 0) {
 		snprintf(e->fail, sizeof(e->fail), "child: %s", line);
 		return -1;
@@ -1959,6 +1981,86 @@ check_commands(sqlite3 *db, struct expect *e)
 }
 
 /* The files as the power left them, before lockerd touches them. */
+/* How the mark stood at the cuts: exactly at the head, or behind it. */
+static long long mark_exact, mark_behind, mark_behind_max;
+
+/*
+ * The ledger's mark as the power left it (mark.h): written after the
+ * commit and synced, it may be behind the database's head (by what the
+ * last loop turn committed, if its mark write was lost or torn), never
+ * ahead of it, so that a power cut never looks like a restored database;
+ * and never behind a mark the child saw synced. The event it names is
+ * the database's own.
+ */
+static int
+check_mark(sqlite3 *db, struct expect *e)
+{
+	unsigned char buf[2 * MARK_SLOT] = { 0 }, hash[32];
+	char path[320], text[4096];
+	struct codes_keys *k;
+	struct mark a, b, *m = NULL;
+	int64_t head_seq;
+	char err[256];
+	ssize_t n = 0;
+	json_t *o;
+	int fd, ok;
+
+	snprintf(path, sizeof(path), "%s-mark", db_path);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) != -1) {
+		n = pread(fd, buf, sizeof(buf), 0);
+		close(fd);
+	}
+	if ((k = codes_keys_load(key_path, err, sizeof(err))) == NULL)
+		return fail_at(e, "keys: %s", err);
+	ok = n > 0 && mark_decode(k, buf, &a) == 0;
+	if (n > MARK_SLOT && mark_decode(k, buf + MARK_SLOT, &b) == 0 &&
+	    (!ok || b.gen > a.gen))
+		m = &b;
+	else if (ok)
+		m = &a;
+	codes_keys_free(k);
+	/* A cut before the first migration leaves no ledger at all. */
+	if (query_text(db, "SELECT count(*) FROM sqlite_master WHERE name = "
+	    "'events'", 0, text, sizeof(text)) == -1)
+		return fail_at(e, "reading the schema: %s", sqlite3_errmsg(db));
+	if (strcmp(text, "0") != 0 && query_text(db, "SELECT "
+	    "coalesce(max(seq), 0) FROM events", 0, text, sizeof(text)) == -1)
+		return fail_at(e, "reading the head: %s", sqlite3_errmsg(db));
+	head_seq = atoll(text);
+	if (m == NULL)
+		return e->marked ? fail_at(e, "no mark that verifies, after the "
+		    "child saw mark %lld synced", (long long)e->mark) : 0;
+	if (m->seq > head_seq)
+		return fail_at(e, "the mark (seq %lld) is ahead of the database's "
+		    "head (seq %lld): a power cut would look like a restored "
+		    "database", (long long)m->seq, (long long)head_seq);
+	if (e->marked && m->seq < e->mark)
+		return fail_at(e, "the mark (seq %lld) is behind the one the "
+		    "child saw synced (seq %lld)", (long long)m->seq,
+		    (long long)e->mark);
+	if (m->seq > 0) {
+		if (query_text(db, "SELECT body FROM events WHERE seq = ?1",
+		    m->seq, text, sizeof(text)) == -1 ||
+		    (o = json_loads(text, 0, NULL)) == NULL)
+			return fail_at(e, "the mark's event seq %lld is not there",
+			    (long long)m->seq);
+		ok = ledger_digest(o, hash) == 0 && memcmp(hash, m->hash, 32) ==
+		    0;
+		json_decref(o);
+		if (!ok)
+			return fail_at(e, "the mark's hash is not its event's "
+			    "(seq %lld)", (long long)m->seq);
+	}
+	if (m->seq == head_seq)
+		mark_exact++;
+	else {
+		mark_behind++;
+		if (head_seq - m->seq > mark_behind_max)
+			mark_behind_max = head_seq - m->seq;
+	}
+	return 0;
+}
+
 static int
 check_files(struct expect *e, struct ledger_verify *v)
 {
@@ -2011,6 +2113,8 @@ check_files(struct expect *e, struct ledger_verify *v)
 			goto out;
 		}
 	if (check_commands(db, e) == -1)
+		goto out;
+	if (check_mark(db, e) == -1)
 		goto out;
 	rc = 0;
 out:
@@ -2158,9 +2262,10 @@ verify(struct expect *e)
 	if (check_files(e, &v) == -1)
 		return -1;
 	if (boot() == -1) {
+		rc = d.head.held[0] != '\0';
 		lockerd_stop(&d);
 		return fail_at(e, "lockerd does not start on the recovered "
-		    "files");
+		    "files%s%s", rc ? ": held: " : "", rc ? d.head.held : "");
 	}
 	/* No door opens by itself after the outage (invariant 1). */
 	for (i = 0; i < d.bank.ncells && rc == 0; i++)
@@ -2436,10 +2541,12 @@ test_powerloss_sweep(void **state)
 	    "verified; %lld acknowledged steps and %lld acknowledged events "
 	    "checked; unsynced at the cuts: %lld operations, %lld landed, "
 	    "%lld torn, %lld files grown over garbage, %lld file creations "
-	    "or deletions undone; %ld s\n", NSTEPS, total, cuts,
+	    "or deletions undone; the ledger's mark at the head %lld times, "
+	    "behind it %lld times (by at most %lld events), never ahead, "
+	    "never held; %ld s\n", NSTEPS, total, cuts,
 	    stride > 1 ? " (sampled)" : "", seeds, recoveries, acked, events,
-	    loss[0], loss[1], loss[2], loss[3], loss[4],
-	    (long)(time(NULL) - t0));
+	    loss[0], loss[1], loss[2], loss[3], loss[4], mark_exact,
+	    mark_behind, mark_behind_max, (long)(time(NULL) - t0));
 	if (failed) {
 		keep_files = 1;
 		fail_msg("a recovery failed");

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -46,7 +47,8 @@ static int
 teardown(void **state)
 {
 	struct fixture *f = *state;
-	static const char *const suffix[] = { "", "-wal", "-shm", "-journal" };
+	static const char *const suffix[] = { "", "-wal", "-shm", "-journal",
+	    "-mark" };
 	char p[128];
 	size_t i;
 
@@ -641,6 +643,108 @@ test_check(void **state)
 	assert_int_equal(store_check(f->s, why, sizeof(why)), 0);
 }
 
+/*
+ * The ledger's mark: a file of its own beside the database (PATH-mark),
+ * absent until written, created with the database's mode, each write
+ * where it was put and durable (a second store reads it), and outside the
+ * database (replacing the database leaves it as it was).
+ */
+static void
+test_mark_file(void **state)
+{
+	struct fixture *f = *state;
+	unsigned char a[STORE_MARK_SIZE], b[STORE_MARK_SIZE];
+	struct store *other;
+	char mark[128], err[256];
+	struct stat st, dbst;
+
+	f->s = open_ok(f);
+	snprintf(mark, sizeof(mark), "%s-mark", f->path);
+	assert_string_equal(store_mark_path(f->s), mark);
+	assert_int_equal(store_mark_read(f->s, a, sizeof(a)), 1);
+	assert_int_equal(access(mark, F_OK), -1);
+	memset(a, 0xA5, 512);
+	assert_int_equal(store_mark_write(f->s, a, 512, 512, 1), 0);
+	assert_int_equal(stat(mark, &st), 0);
+	assert_int_equal(st.st_size, 1024);
+	assert_int_equal(stat(f->path, &dbst), 0);
+	assert_int_equal(st.st_mode & 0777, dbst.st_mode & 0777);
+	memset(a + 512, 0x5A, 512);
+	assert_int_equal(store_mark_write(f->s, a + 512, 512, 0, 0), 0);
+	assert_int_equal(store_mark_sync(f->s), 0);
+	/* Read by another connection, as the next start would. */
+	assert_non_null(other = store_open(f->path, err, sizeof(err)));
+	assert_int_equal(store_mark_read(other, b, sizeof(b)), 0);
+	assert_memory_equal(b, a + 512, 512);
+	assert_memory_equal(b + 512, a, 512);
+	store_close(other);
+	assert_int_equal(store_mark_write(f->s, a, 8, STORE_MARK_SIZE, 1), -1);
+	/* A database put in place of the old one: the mark stays. */
+	store_close(f->s);
+	f->s = NULL;
+	unlink(f->path);
+	f->s = open_ok(f);
+	assert_int_equal(store_mark_read(f->s, b, sizeof(b)), 0);
+	assert_memory_equal(b, a + 512, 512);
+}
+
+/* Start-up checks (mark.c): empty, rows moved aside, delivered again. */
+static void
+test_custody_checks(void **state)
+{
+	struct fixture *f = *state;
+	struct body_arg b = { .n = 0 };
+	sqlite3 *db;
+	int64_t first, count;
+	uint8_t sig[64] = { 0 };
+
+	f->s = open_ok(f);
+	assert_int_equal(store_is_empty(f->s), 1);
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_staff_put(f->s, "alice", "{}", sig, 64), 0);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_is_empty(f->s), 0);
+	assert_int_equal(store_begin(f->s), 0);
+	while (b.n < 6)
+		append(f->s, &b, "x", 0);
+	assert_int_equal(store_event_index_set(f->s, 2, 7, NULL), 0);
+	assert_int_equal(store_event_index_set(f->s, 3, 0, "alice"), 0);
+	assert_int_equal(store_event_index_set(f->s, 5, 0, "alice"), 0);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_resv_last_event(f->s, 7), 2);
+	assert_int_equal(store_staff_last_event(f->s, "alice"), 5);
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_staff_unindex(f->s, "alice", 3), 0);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_staff_last_event(f->s, "alice"), 3);
+
+	/* Every event is delivered; those after 4 are sent again. */
+	for (first = 1; first <= 6; first++)
+		assert_int_equal(store_event_delivered(f->s, first), 0);
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_delivered_reset(f->s, 4), 2);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_undelivered(f->s, &first, &count), 0);
+	assert_true(first == 5 && count == 2);
+
+	/* Rows from 5 on out of the ledger; the next event is 5 again. */
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_event_reject(f->s, 5, "not ours"), 0);
+	assert_int_equal(append(f->s, &b, "y", 0), 5);
+	assert_int_equal(store_commit(f->s), 0);
+	db = peek_open(f, SQLITE_OPEN_READONLY);
+	assert_int_equal(peek_int(db, "SELECT count(*) FROM events_rejected "
+	    "WHERE reason = 'not ours'"), 2);
+	assert_int_equal(peek_int(db, "SELECT max(seq) FROM events"), 5);
+	peek_close(f);
+	/* A restore resumes later: seqs are skipped, never reused. */
+	assert_int_equal(store_begin(f->s), 0);
+	store_event_seq_skip(f->s, 40);
+	store_event_seq_skip(f->s, 20);
+	assert_int_equal(append(f->s, &b, "restored", 0), 40);
+	assert_int_equal(store_commit(f->s), 0);
+}
+
 struct throttle_seen {
 	struct store_throttle rows[4];
 	int n;
@@ -725,6 +829,9 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_check, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_throttle_rows, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_mark_file, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_custody_checks, setup,
 		    teardown),
 	};
 
