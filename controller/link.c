@@ -493,8 +493,8 @@ send_reply(struct lockerd *d, const char *text, enum platform_class cls)
 {
 	int mid, rc;
 
-	rc = d->link != NULL && d->outbox.up ? platform_publish(d->link,
-	    d->outbox.gen, "reply", text, cls, 0, &mid) : -1;
+	rc = d->link != NULL ? platform_publish(d->link, d->outbox.gen,
+	    "reply", text, cls, 0, &mid) : -1;
 	if (rc == 0)
 		return;
 	/* Once per power of two: a flood does not flood the log. */

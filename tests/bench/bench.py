@@ -575,9 +575,7 @@ def reserve_samples(lk, sink, count, warmup=10, tag="bench"):
     rtt = []
     for i in range(warmup + count):
         rid = f"{tag}-{os.getpid()}-{i}"
-        cmd = json.dumps({"op": "reserve", "request_id": rid,
-                          "exp": int(time.time() * 1000) + 30000,
-                          "app": f"R-{i}", "size": "S"})
+        cmd = json.dumps(H.command("reserve", rid, app=f"R-{i}", size="S"))
         t0 = time.monotonic()
         sink.c.publish(topic, cmd, qos=1)
         sink.wait(lambda: rid in sink.replies, 10, f"the reply to {rid}")
