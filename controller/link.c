@@ -25,6 +25,8 @@
 
 /* Old command rows are pruned this often. */
 #define LINK_PRUNE_MS 60000
+/* Rebirths start at most this often; those asked for meanwhile are one. */
+#define LINK_REBIRTH_MS 1000
 
 static void publish_cells(struct lockerd *d);
 static void refused_flush(struct lockerd *d, int64_t now);
@@ -414,10 +416,24 @@ birth(struct lockerd *d)
 	}
 	l->rebirth_busy = 1;
 	l->rebirth_mid = 0;
+	l->rebirth_next = util_mono_ms() + LINK_REBIRTH_MS;
 	l->forced = d->bank.ncells;
 	for (i = 0; i < d->bank.ncells; i++)
 		l->force[i] = 1;
 	publish_cells(d);
+}
+
+/* The rebirth asked for while another was in flight, once it is time. */
+static void
+rebirth_due(struct lockerd *d)
+{
+	struct lockerd_link *l = &d->lnk;
+
+	if (l->rebirth_again && !l->rebirth_busy && d->outbox.up &&
+	    util_mono_ms() >= l->rebirth_next) {
+		l->rebirth_again = 0;
+		birth(d);
+	}
 }
 
 static void
@@ -433,10 +449,7 @@ acked(struct lockerd *d, const struct platform_rep *r)
 	if (l->rebirth_busy && l->rebirth_mid != 0 && r->mid == l->rebirth_mid) {
 		l->rebirth_busy = 0;
 		l->rebirth_mid = 0;
-		if (l->rebirth_again) {
-			l->rebirth_again = 0;
-			birth(d);
-		}
+		rebirth_due(d);
 	}
 	for (i = 0; i < o->n; i++) {
 		if (o->win[i].mid != r->mid)
@@ -749,11 +762,15 @@ cmd_staff(struct lockerd *d, const struct cmd *c)
 	return res;
 }
 
-/* A rebirth: at most one in flight, a later one merged into the next. */
+/*
+ * A rebirth: at most one in flight and one a second; those asked for
+ * meanwhile are merged into the next, so that a flood of them (anyone may
+ * send one) costs the broker one set of retained states a second.
+ */
 static json_t *
 cmd_rebirth(struct lockerd *d)
 {
-	if (d->lnk.rebirth_busy) {
+	if (d->lnk.rebirth_busy || util_mono_ms() < d->lnk.rebirth_next) {
 		d->lnk.rebirth_again = 1;
 		return json_pack("{s:b, s:b}", "ok", 1, "coalesced", 1);
 	}
@@ -1154,6 +1171,7 @@ link_tick(struct lockerd *d)
 		l->strays = st.strays;
 	}
 	refused_flush(d, now);
+	rebirth_due(d);
 	if (now >= l->next_prune) {
 		l->next_prune = now + LINK_PRUNE_MS;
 		gone = store_cmd_prune(d->store, util_wall_ms() -

@@ -43,6 +43,7 @@ struct lockerd_link {
 	int rebirth_busy;               /* a birth's cell states go out */
 	int rebirth_again;              /* another was asked for meanwhile */
 	int rebirth_mid;                /* the last publish of it, 0: not yet */
+	int64_t rebirth_next;           /* monotonic ms: no other before */
 	int forced;                     /* cells still to be sent again */
 	uint8_t force[CONFIG_CELLS_MAX];
 	int64_t refused_until;          /* monotonic ms; 0: no window open */

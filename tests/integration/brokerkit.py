@@ -95,10 +95,16 @@ class BrokerProxy:
     PUBACK has been handed to lockerd (recorded before the bytes are sent,
     so anything lockerd marks delivered must already be in it)."""
 
-    def __init__(self, broker_port, delay_s=0.0):
+    def __init__(self, broker_port, delay_s=0.0, refuse_v5=False):
+        """refuse_v5: plays a broker that speaks only MQTT 3.1.1: a CONNECT
+        of protocol level 5 gets the 3.1.1 CONNACK "unacceptable protocol
+        version" and the connection is closed (counted in v5_refused)."""
         harness._register(self)
         self.broker_port = broker_port
         self.delay_s = delay_s
+        self.refuse_v5 = refuse_v5
+        self.v5_refused = 0
+        self.levels = []          # the protocol level of each CONNECT
         self.stall_until = 0.0
         self.lock = threading.Lock()
         self.conns = []
@@ -201,7 +207,21 @@ class BrokerProxy:
             if not data:
                 break
             pkts, buf = self._packets(c, buf + data, "c->b")
+            refused = False
             for typ, flags, body in pkts:
+                if typ == 1 and len(body) >= 7:
+                    level = body[6]
+                    with self.lock:
+                        self.levels.append(level)
+                    if level == 5 and self.refuse_v5:
+                        try:
+                            c.down.sendall(b"\x20\x02\x00\x01")
+                        except OSError:
+                            pass
+                        with self.lock:
+                            self.v5_refused += 1
+                        refused = True
+                        break
                 if typ != 3:
                     continue
                 topic, mid, payload = publish_fields(flags, body)
@@ -216,6 +236,8 @@ class BrokerProxy:
                         c.mid_seq[mid] = seq
                     c.published.append(seq)
                     c.dup_flagged += bool(flags & 0x08)
+            if refused:
+                break
             try:
                 c.up.sendall(data)
             except OSError:
