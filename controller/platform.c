@@ -203,7 +203,9 @@ on_connect(struct mosquitto *m, void *arg, int rc)
 			log_warn("mqtt: the broker does not speak MQTT 5; "
 			    "using 3.1.1, where only the broker's own message "
 			    "size limit keeps big messages away from lockerd");
+			pthread_mutex_lock(&p->pub);
 			p->protocol = MQTT_PROTOCOL_V311;
+			pthread_mutex_unlock(&p->pub);
 			p->fallback = 1;
 			return;
 		}
