@@ -630,9 +630,12 @@ refused_count(struct lockerd *d, const char *op, const char *request_id,
 	for (i = 0; i < l->nwhy; i++)
 		if (strcmp(l->refused_why[i].reason, why) == 0)
 			break;
-	if (i == l->nwhy && l->nwhy < 8)
-		util_strlcpy(l->refused_why[l->nwhy++].reason, why,
+	if (i == l->nwhy && l->nwhy < 8) {
+		util_strlcpy(l->refused_why[i].reason, why,
 		    sizeof(l->refused_why[0].reason));
+		l->refused_why[i].n = 0;
+		l->nwhy++;
+	}
 	if (i < l->nwhy)
 		l->refused_why[i].n += n;
 }

@@ -567,8 +567,10 @@ def test_refused_command_flood_is_cheap():
           f"({(size1 - size0) / (2 * n):.1f} bytes a command); rows events/commands/nonces "
           f"{rows0} -> {rows1}")
     assert alarms[0]["count"] == 1 and alarms[0]["reason"] == "bad signature", alarms[0]
-    assert sum(a["count"] for a in alarms) >= unauth and \
-        alarms[1]["reasons"].get("bad signature", 0) >= unauth - 1, alarms
+    # Every refusal counted once, its reason with it (those answered busy
+    # were refused for their signature first).
+    assert sum(a["count"] for a in alarms) >= unauth, alarms
+    assert all(sum(a["reasons"].values()) == a["count"] for a in alarms[1:]), alarms
     assert {e["type"] for e in new} <= {"command_refused", "command_flood"}, kinds
     assert len(alarms) <= 2 + took_all / 2 and kinds.get("command_flood", 0) <= 1, \
         f"{kinds} in {took_all:.1f} s (the flood {took:.1f} s)"
