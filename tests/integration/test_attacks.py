@@ -483,7 +483,7 @@ def test_oversized_publish_never_reaches_lockerd():
     proxy = brokerkit.BrokerProxy(broker.port, refuse_v5=True)
     cfg = config(sim, extra=mqtt_extra(broker, port=proxy.port))
     lk2 = Lockerd(cfg, name="lockerd311")
-    lk2.wait_event("started", after=lk2.last_seq() - 1, timeout=5)
+    lk2.wait_event("started", boot=2, timeout=15)
     wait_for(lambda: bk.mqtt_connects(lk2) >= 1, 10, what="lockerd on 3.1.1")
     pid = lk2.proc.pid
     limit = (_vm_kib(pid, "VmSize") + 24 * 1024) * 1024
