@@ -191,6 +191,11 @@ static const struct int_key mqtt_keys[] = {
 	MK(command_window_s, 10, 3600),
 	MK(command_rate, 1, 1000),
 	MK(command_burst, 1, 10000),
+	MK(unsigned_rate, 1, 1000),
+	MK(unsigned_burst, 1, 10000),
+	MK(refused_alarm_s, 1, 86400),
+	MK(command_log_s, 600, 31536000),
+	MK(command_log_rows, 1000, 1000000),
 };
 
 static int
@@ -315,6 +320,18 @@ handle_mqtt(struct parse *p, const char *name, const char *value)
 			return fail(p, "client_id must be 1-64 of A-Z a-z 0-9 "
 			    "_ -, not '%.40s'", value);
 		memcpy(m->client_id, value, strlen(value) + 1);
+		return 1;
+	}
+	if (strcmp(name, "protocol") == 0) {
+		if (strcmp(value, "auto") == 0)
+			m->protocol = CONFIG_MQTT_AUTO;
+		else if (strcmp(value, "5") == 0)
+			m->protocol = CONFIG_MQTT_V5;
+		else if (strcmp(value, "3.1.1") == 0)
+			m->protocol = CONFIG_MQTT_V311;
+		else
+			return fail(p, "protocol must be auto, 5 or 3.1.1, not "
+			    "'%.40s'", value);
 		return 1;
 	}
 	if (strcmp(name, "prefix") == 0) {
@@ -658,6 +675,12 @@ config_defaults(struct config *c)
 	c->mqtt.command_window_s = 300;
 	c->mqtt.command_rate = 200;
 	c->mqtt.command_burst = 200;
+	c->mqtt.unsigned_rate = 200;
+	c->mqtt.unsigned_burst = 200;
+	c->mqtt.protocol = CONFIG_MQTT_AUTO;
+	c->mqtt.refused_alarm_s = 60;
+	c->mqtt.command_log_s = 7 * 86400;
+	c->mqtt.command_log_rows = 10000;
 }
 
 static int

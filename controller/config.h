@@ -111,9 +111,17 @@ struct config_mqtt {
 	int reconnect_max_ms;
 	char platform_key[65];         /* hex Ed25519 public key, "" none */
 	int command_window_s;          /* signed commands: |now - ts| */
-	int command_rate;              /* commands run per second, sustained */
+	int command_rate;              /* signed commands run per second */
 	int command_burst;             /* ... and at once after a quiet spell */
+	int unsigned_rate;             /* the rest (unsigned, refused) */
+	int unsigned_burst;
+	int protocol;                  /* CONFIG_MQTT_AUTO, _V5, _V311 */
+	int refused_alarm_s;           /* refusals: one alarm per window */
+	int command_log_s;             /* stored replies kept this long */
+	int command_log_rows;          /* ... and at most this many */
 };
+
+enum { CONFIG_MQTT_AUTO, CONFIG_MQTT_V5, CONFIG_MQTT_V311 };
 
 struct config {
 	char locker_id[65];

@@ -1391,6 +1391,14 @@ restart_keys(const struct config *o, const struct config *n,
 	RL_INT("[mqtt]", "reconnect_max_ms", o, n, mqtt.reconnect_max_ms);
 	RL_STR("[mqtt]", "platform_key", o, n, mqtt.platform_key);
 	RL_INT("[mqtt]", "command_window_s", o, n, mqtt.command_window_s);
+	RL_INT("[mqtt]", "command_rate", o, n, mqtt.command_rate);
+	RL_INT("[mqtt]", "command_burst", o, n, mqtt.command_burst);
+	RL_INT("[mqtt]", "unsigned_rate", o, n, mqtt.unsigned_rate);
+	RL_INT("[mqtt]", "unsigned_burst", o, n, mqtt.unsigned_burst);
+	RL_INT("[mqtt]", "protocol", o, n, mqtt.protocol);
+	RL_INT("[mqtt]", "refused_alarm_s", o, n, mqtt.refused_alarm_s);
+	RL_INT("[mqtt]", "command_log_s", o, n, mqtt.command_log_s);
+	RL_INT("[mqtt]", "command_log_rows", o, n, mqtt.command_log_rows);
 	for (i = 0; i < n->nbuses; i++) {
 		const struct config_bus *nb = &n->buses[i], *ob = NULL;
 

@@ -23,6 +23,8 @@ struct platform;
 /* Events published and not yet acknowledged, in order. */
 struct lockerd_outbox {
 	int up;                         /* connected, birth sent */
+	unsigned gen;                   /* ... on this connection */
+	int blocked;                    /* the broker refused an event */
 	int64_t next;                   /* next seq to publish */
 	int64_t replay_upto;            /* events up to here waited */
 	int scrub;                      /* a delivered code to wipe */
@@ -32,6 +34,34 @@ struct lockerd_outbox {
 		int64_t seq;
 		int code;               /* it carried a plain code */
 	} win[100];
+};
+
+/*
+ * The platform link's own state (link.c): rebirths in flight, the cells
+ * still to be sent again, refused commands counted for their alarm.
+ */
+struct lockerd_link {
+	int rebirth_busy;               /* a birth's cell states go out */
+	int rebirth_again;              /* another was asked for meanwhile */
+	int rebirth_mid;                /* the last publish of it, 0: not yet */
+	int64_t rebirth_next;           /* monotonic ms: no other before */
+	int forced;                     /* cells still to be sent again */
+	uint8_t force[CONFIG_CELLS_MAX];
+	int64_t refused_until;          /* monotonic ms; 0: no window open */
+	long refused_n;                 /* refusals since the last alarm */
+	struct {
+		char reason[48];
+		long n;
+	} refused_why[8];
+	int nwhy;
+	char last_op[16], last_id[65], last_reason[64];
+	long strays;                    /* stray messages reported so far */
+	int64_t next_prune;             /* monotonic ms */
+	/* Signed commands older than this (wall ms) are refused: set when
+	 * the ledger could not vouch for the nonces of the last window. */
+	int64_t trust_from;
+	long unsent;                    /* replies the cap or link lost */
+	struct throttle anon_thr;       /* unsigned, malformed, forged */
 };
 
 /* A code made while running a step, for whoever asked (never logged). */
@@ -112,6 +142,7 @@ struct lockerd {
 	uint8_t session_row[CODES_HASH_LEN];
 	struct platform *link;          /* NULL: no [mqtt] host */
 	struct lockerd_outbox outbox;
+	struct lockerd_link lnk;
 	/* Retained cell states: changed since published, what was sent. */
 	uint8_t cell_dirty[CONFIG_CELLS_MAX];
 	uint64_t cell_sent[CONFIG_CELLS_MAX];
@@ -187,6 +218,10 @@ int link_start(struct lockerd *d);
 void link_stop(struct lockerd *d);
 void link_dispatch(struct lockerd *d);
 void link_kick(struct lockerd *d);
+/* One message as the broker delivered it: the topic checked, a command
+ * run and answered (link_dispatch() does this for each; fuzz_link too). */
+void link_message(struct lockerd *d, const char *topic, const char *payload,
+    size_t len, int64_t at);
 
 /* The operator control socket (ctl.c). */
 json_t *ctl_handle(void *arg, json_t *req);

@@ -36,6 +36,8 @@ enum {
 	ST_EVENT_STAFF, ST_STAFF_LAST,
 	ST_OUTBOX, ST_DELIVERED, ST_UNDELIVERED,
 	ST_CMD_GET, ST_CMD_START, ST_CMD_DONE, ST_NONCE_ADD, ST_NONCE_PRUNE,
+	ST_CMD_RESTORE, ST_CMD_PRUNE_AGE, ST_CMD_PRUNE_ROWS, ST_CMD_COUNT,
+	ST_EVENTS_BEFORE, ST_NONCE_SEEN,
 	ST_SYNC_NORMAL, ST_SYNC_FULL,
 	ST_EVENT_INDEX, ST_INDEX_SET, ST_STAFF_SEQS, ST_STAFF_UNINDEX,
 	ST_RESV_GET, ST_RESV_ACTIVE_SET, ST_STAFF_ALL, ST_REJECT_COPY,
@@ -87,10 +89,23 @@ static const char *const sql_text[ST_COUNT] = {
 	    "delivered = 0 ORDER BY seq LIMIT ?2",
 	[ST_DELIVERED] =
 	    "UPDATE events SET delivered = 1, secret = NULL WHERE seq = ?1",
-	[ST_CMD_GET] = "SELECT state, reply FROM commands WHERE request_id = ?1",
+	[ST_CMD_GET] =
+	    "SELECT state, reply, digest FROM commands WHERE request_id = ?1",
 	[ST_CMD_START] =
-	    "INSERT INTO commands (request_id, op, state, at) "
-	    "VALUES (?1, ?2, 'started', ?3)",
+	    "INSERT INTO commands (request_id, op, state, at, digest) "
+	    "VALUES (?1, ?2, 'started', ?3, ?4)",
+	[ST_CMD_RESTORE] =
+	    "INSERT INTO commands (request_id, op, state, at, digest) "
+	    "VALUES (?1, ?2, 'started', ?3, ?4) ON CONFLICT (request_id) "
+	    "DO UPDATE SET digest = ?4 WHERE digest IS NOT ?4",
+	[ST_CMD_PRUNE_AGE] = "DELETE FROM commands WHERE at < ?1",
+	[ST_CMD_PRUNE_ROWS] =
+	    "DELETE FROM commands WHERE request_id IN (SELECT request_id "
+	    "FROM commands ORDER BY at DESC LIMIT -1 OFFSET ?1)",
+	[ST_CMD_COUNT] = "SELECT count(*) FROM commands",
+	[ST_EVENTS_BEFORE] =
+	    "SELECT seq, body FROM events WHERE seq < ?1 ORDER BY seq DESC "
+	    "LIMIT ?2",
 	[ST_CMD_DONE] =
 	    "UPDATE commands SET state = 'done', reply = ?2 "
 	    "WHERE request_id = ?1",
@@ -100,6 +115,7 @@ static const char *const sql_text[ST_COUNT] = {
 	    "INSERT INTO nonces (nonce, at) VALUES (?1, ?2) "
 	    "ON CONFLICT (nonce) DO NOTHING",
 	[ST_NONCE_PRUNE] = "DELETE FROM nonces WHERE at < ?1",
+	[ST_NONCE_SEEN] = "SELECT 1 FROM nonces WHERE nonce = ?1",
 	[ST_UNDELIVERED] =
 	    "SELECT coalesce(min(seq), 0), count(*) FROM events "
 	    "WHERE delivered = 0",
@@ -598,6 +614,15 @@ store_events_after(struct store *s, int64_t after, int limit,
 }
 
 int
+store_events_before(struct store *s, int64_t before, int limit,
+    store_event_fn fn, void *arg)
+{
+	sqlite3_bind_int64(s->st[ST_EVENTS_BEFORE], 1, before);
+	sqlite3_bind_int(s->st[ST_EVENTS_BEFORE], 2, limit);
+	return step_events(s, ST_EVENTS_BEFORE, "events", fn, arg);
+}
+
+int
 store_event_secret(struct store *s, int64_t seq, const char *secret)
 {
 	sqlite3_stmt *st = s->st[ST_SECRET_SET];
@@ -789,13 +814,15 @@ store_undelivered(struct store *s, int64_t *first, int64_t *count)
 
 int
 store_cmd_get(struct store *s, const char *request_id, char *state,
-    size_t statelen, char **reply)
+    size_t statelen, char **reply, uint8_t digest[STORE_DIGEST_LEN],
+    int *has_digest)
 {
 	sqlite3_stmt *st = s->st[ST_CMD_GET];
 	const unsigned char *t;
 	int rc, ret;
 
 	*reply = NULL;
+	*has_digest = 0;
 	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
@@ -804,6 +831,11 @@ store_cmd_get(struct store *s, const char *request_id, char *state,
 		t = sqlite3_column_text(st, 1);
 		if (t != NULL)
 			*reply = strdup((const char *)t);
+		if (sqlite3_column_bytes(st, 2) == STORE_DIGEST_LEN) {
+			memcpy(digest, sqlite3_column_blob(st, 2),
+			    STORE_DIGEST_LEN);
+			*has_digest = 1;
+		}
 		ret = 0;
 	} else if (rc == SQLITE_DONE)
 		ret = 1;
@@ -817,32 +849,68 @@ store_cmd_get(struct store *s, const char *request_id, char *state,
 	return ret;
 }
 
-int
-store_cmd_start(struct store *s, const char *request_id, const char *op)
+/* One statement of a lazy transaction (store.h), inside it. */
+static int
+lazy_begin(struct store *s)
 {
-	sqlite3_stmt *st = s->st[ST_CMD_START];
-	int rc = -1;
-
-	/* This one commit does not wait for the disk (store.h). SQLite sets
-	 * the level outside a transaction only; should FULL fail to come
-	 * back here, the next store_begin() sets it before anything else is
-	 * written. */
+	/* SQLite sets the level outside a transaction only; should FULL fail
+	 * to come back afterwards, the next store_begin() sets it before
+	 * anything else is written. */
 	if (step_done(s, ST_SYNC_NORMAL) == -1)
 		return -1;
 	s->lazy = 1;
-	if (step_done(s, ST_BEGIN) == 0) {
-		s->in_tx = 1;
-		sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
-		sqlite3_bind_text(st, 2, op, -1, SQLITE_TRANSIENT);
-		sqlite3_bind_int64(st, 3, util_wall_ms());
-		if (step_done(s, ST_CMD_START) == -1)
-			store_rollback(s);
-		else
-			rc = store_commit(s);
+	if (step_done(s, ST_BEGIN) == -1) {
+		if (step_done(s, ST_SYNC_FULL) == 0)
+			s->lazy = 0;
+		return -1;
 	}
+	s->in_tx = 1;
+	return 0;
+}
+
+static int
+lazy_commit(struct store *s, int ok)
+{
+	int rc = -1;
+
+	if (ok)
+		rc = store_commit(s);
+	else
+		store_rollback(s);
 	if (step_done(s, ST_SYNC_FULL) == 0)
 		s->lazy = 0;
 	return rc;
+}
+
+int
+store_cmd_start(struct store *s, const char *request_id, const char *op,
+    const uint8_t digest[STORE_DIGEST_LEN], const char *nonce, int64_t at,
+    int64_t forget_before)
+{
+	sqlite3_stmt *st = s->st[ST_CMD_START];
+	int ok, fresh = 1;
+
+	if (lazy_begin(s) == -1)
+		return -1;
+	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, op, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 3, at);
+	sqlite3_bind_blob(st, 4, digest, STORE_DIGEST_LEN, SQLITE_TRANSIENT);
+	ok = step_done(s, ST_CMD_START) == 0;
+	if (ok && nonce != NULL) {
+		sqlite3_bind_int64(s->st[ST_NONCE_PRUNE], 1, forget_before);
+		sqlite3_bind_text(s->st[ST_NONCE_ADD], 1, nonce, -1,
+		    SQLITE_TRANSIENT);
+		sqlite3_bind_int64(s->st[ST_NONCE_ADD], 2, at);
+		ok = step_done(s, ST_NONCE_PRUNE) == 0 &&
+		    step_done(s, ST_NONCE_ADD) == 0;
+		fresh = ok && sqlite3_changes(s->db) == 1;
+	}
+	if (ok && !fresh) {
+		lazy_commit(s, 0);
+		return 1;
+	}
+	return lazy_commit(s, ok) == 0 ? 0 : -1;
 }
 
 int
@@ -856,26 +924,66 @@ store_cmd_done(struct store *s, const char *request_id, const char *reply)
 }
 
 int
-store_nonce_use(struct store *s, const char *nonce, int64_t at,
-    int64_t forget_before)
+store_nonce_seen(struct store *s, const char *nonce)
 {
-	int fresh;
+	sqlite3_stmt *st = s->st[ST_NONCE_SEEN];
+	int rc;
 
-	if (store_begin(s) == -1)
+	sqlite3_bind_text(st, 1, nonce, -1, SQLITE_TRANSIENT);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (rc == SQLITE_ROW)
+		return 1;
+	if (rc == SQLITE_DONE)
+		return 0;
+	log_error("database: reading the nonces: %s", sqlite3_errmsg(s->db));
+	return -1;
+}
+
+int
+store_cmd_restore(struct store *s, const char *request_id, const char *op,
+    const uint8_t digest[STORE_DIGEST_LEN], const char *nonce, int64_t at)
+{
+	sqlite3_stmt *st = s->st[ST_CMD_RESTORE];
+	int changed;
+
+	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 2, op, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 3, at);
+	sqlite3_bind_blob(st, 4, digest, STORE_DIGEST_LEN, SQLITE_TRANSIENT);
+	if (step_done(s, ST_CMD_RESTORE) == -1)
 		return -1;
-	sqlite3_bind_int64(s->st[ST_NONCE_PRUNE], 1, forget_before);
+	changed = sqlite3_changes(s->db);
 	sqlite3_bind_text(s->st[ST_NONCE_ADD], 1, nonce, -1,
 	    SQLITE_TRANSIENT);
 	sqlite3_bind_int64(s->st[ST_NONCE_ADD], 2, at);
-	if (step_done(s, ST_NONCE_PRUNE) == -1 ||
-	    step_done(s, ST_NONCE_ADD) == -1) {
-		store_rollback(s);
+	if (step_done(s, ST_NONCE_ADD) == -1)
 		return -1;
+	return changed + sqlite3_changes(s->db);
+}
+
+int
+store_cmd_prune(struct store *s, int64_t before, int keep)
+{
+	int64_t n;
+	int ok, gone;
+
+	if ((n = step_int64(s, ST_CMD_COUNT, "the command log")) == -1)
+		return -1;
+	if (lazy_begin(s) == -1)
+		return -1;
+	sqlite3_bind_int64(s->st[ST_CMD_PRUNE_AGE], 1, before);
+	ok = step_done(s, ST_CMD_PRUNE_AGE) == 0;
+	gone = ok ? sqlite3_changes(s->db) : 0;
+	if (ok && n - gone > keep) {
+		sqlite3_bind_int64(s->st[ST_CMD_PRUNE_ROWS], 1, keep);
+		ok = step_done(s, ST_CMD_PRUNE_ROWS) == 0;
+		gone += ok ? sqlite3_changes(s->db) : 0;
 	}
-	fresh = sqlite3_changes(s->db) == 1;
-	if (store_commit(s) == -1)
+	if (lazy_commit(s, ok) == -1)
 		return -1;
-	return fresh ? 0 : 1;
+	return gone;
 }
 
 /* ---- Custody checks at start-up (mark.c) -------------------------- */

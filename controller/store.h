@@ -66,6 +66,9 @@ int64_t store_event_last(struct store *s);
 typedef int (*store_event_fn)(int64_t seq, const char *body, void *arg);
 int store_events_after(struct store *s, int64_t after, int limit,
     store_event_fn fn, void *arg);
+/* The same, newest first, for events with seq < before. */
+int store_events_before(struct store *s, int64_t before, int limit,
+    store_event_fn fn, void *arg);
 
 /* The plain code of an issuance event until delivered (NULL clears). */
 int store_event_secret(struct store *s, int64_t seq, const char *secret);
@@ -87,32 +90,47 @@ int store_event_delivered(struct store *s, int64_t seq);
 /* The first undelivered seq (0 if none) and how many wait. */
 int store_undelivered(struct store *s, int64_t *first, int64_t *count);
 /*
- * Platform commands: 0 and the state ("started" / "done") and the stored
- * reply (malloc'ed, or NULL) if seen before, 1 if new, -1 on error.
+ * Platform commands (signed ones; the read-only ones are not kept): 0 and
+ * the state ("started" / "done"), the stored reply (malloc'ed, or NULL)
+ * and the digest of what the command asked (has_digest 0 for rows from
+ * before digests) if seen before, 1 if new, -1 on error.
  */
+#define STORE_DIGEST_LEN 32
 int store_cmd_get(struct store *s, const char *request_id, char *state,
-    size_t statelen, char **reply);
+    size_t statelen, char **reply, uint8_t digest[STORE_DIGEST_LEN],
+    int *has_digest);
 /*
- * Records that a command starts (own transaction, before it runs). This
- * one commit does not wait for the disk (synchronous = NORMAL): the WAL
- * is written in order, so whatever durable commit comes next (the
- * command's own change, before any door moves; its reply row, before the
- * reply is sent) takes the start row to the disk first. A power cut
- * before that loses the row together with a command that had changed
- * nothing durable yet, and a repeat runs it. It saves one fsync per
- * command, which a loaded locker on an SD card or eMMC needs.
+ * Records that a command starts (own transaction, before it runs): its
+ * row and its nonce (NULL: none), nonces older than forget_before
+ * dropped (a command that old fails its timestamp window anyway).
+ * Returns 1, recording nothing, if the nonce was used before.
+ * This one commit does not wait for the disk (synchronous = NORMAL): the
+ * WAL is written in order, so whatever durable commit comes next (the
+ * command's ledger record, before it runs; its reply row, before the
+ * reply is sent) takes the rows to the disk first. A power cut before
+ * that loses them together with a command that had not run yet.
  */
-int store_cmd_start(struct store *s, const char *request_id, const char *op);
+int store_cmd_start(struct store *s, const char *request_id, const char *op,
+    const uint8_t digest[STORE_DIGEST_LEN], const char *nonce, int64_t at,
+    int64_t forget_before);
 /* Its reply (no transaction of its own; link.c writes a loop turn's
  * replies in one transaction). */
 int store_cmd_done(struct store *s, const char *request_id, const char *reply);
+/* Has this nonce been used? 1 yes, 0 no, -1 on error. */
+int store_nonce_seen(struct store *s, const char *nonce);
 /*
- * A signed command's nonce: 0 if never seen (now recorded), 1 if seen,
- * -1 on error. Nonces older than forget_before are dropped: a command
- * that old fails its timestamp window anyway.
+ * Puts back a command that the ledger says was run (in the caller's
+ * transaction): its row as started if missing (with the ledger's digest
+ * if the row says another) and its nonce. Returns the rows changed, -1.
  */
-int store_nonce_use(struct store *s, const char *nonce, int64_t at,
-    int64_t forget_before);
+int store_cmd_restore(struct store *s, const char *request_id, const char *op,
+    const uint8_t digest[STORE_DIGEST_LEN], const char *nonce, int64_t at);
+/*
+ * Drops command rows older than before (wall ms), then the oldest beyond
+ * keep (own transaction, not waited for: a prune lost to a power cut is
+ * done again). Returns how many went, or -1.
+ */
+int store_cmd_prune(struct store *s, int64_t before, int keep);
 /* Marks an event as being about a reservation. */
 int store_event_resv(struct store *s, int64_t seq, int64_t resv);
 /* The newest event about a reservation (0 if none), -1 on error. */

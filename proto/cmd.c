@@ -24,6 +24,7 @@ struct field {
 	DIGITS
 #define IDCHARS ALNUM "_.:-"
 #define STAFFCHARS ALNUM "_.-"
+#define LOCKERCHARS ALNUM "_-"
 
 /* Common to every command. */
 static const struct field common[] = {
@@ -32,12 +33,15 @@ static const struct field common[] = {
 	{ "exp", F_INT, 1, 0, INT64_MAX / 2, NULL },
 };
 
-/* The signature envelope of signed ops. */
+/* The signature envelope of signed ops; the target locker is signed too,
+ * so that a command for one locker cannot be replayed on another. */
 static const struct field envelope[] = {
 	{ "ts", F_INT, 1, 0, INT64_MAX / 2, NULL },
 	{ "nonce", F_STR, 1, 16, 64, IDCHARS },
 	{ "sig", F_STR, 1, 86, 86, ALNUM "_-" },
+	{ "locker", F_STR, 1, 1, 64, LOCKERCHARS },
 };
+#define NENVELOPE (sizeof(envelope) / sizeof(envelope[0]))
 
 static const struct field f_reserve[] = {
 	{ "app", F_STR, 1, 1, 47, NULL },
@@ -67,7 +71,6 @@ static const struct field f_staff[] = {
 };
 /* The platform tells a held locker where to resume (mark.c). */
 static const struct field f_restore_ack[] = {
-	{ "locker", F_STR, 1, 1, 64, ALNUM "_-" },
 	{ "db_seq", F_INT, 1, 0, INT64_MAX / 2, NULL },
 	{ "db_head", F_STR, 1, 64, 64, "0123456789abcdef" },
 	{ "seq", F_INT, 1, 0, INT64_MAX / 4, NULL },
@@ -87,11 +90,11 @@ static const struct op {
 	{ "ping", NULL, 0, 0 },
 	{ "state", NULL, 0, 0 },
 	{ "rebirth", NULL, 0, 0 },
-	OP("reserve", f_reserve, 0),
-	OP("cancel", f_resv, 0),
-	OP("reissue", f_resv, 0),
+	OP("reserve", f_reserve, 1),
+	OP("cancel", f_resv, 1),
+	OP("reissue", f_resv, 1),
 	OP("resv", f_resv, 0),
-	OP("service", f_service, 0),
+	OP("service", f_service, 1),
 	OP("open", f_cell, 1),
 	OP("load", f_load, 1),
 	OP("staff_add", f_staff_add, 1),
@@ -260,6 +263,182 @@ check(const struct field *f, json_t *v, char *why, size_t whylen)
 	return -1;
 }
 
+/*
+ * The scanner behind cmd_scan_request_id(): JSON text walked without
+ * building anything, depth counted, strings skipped with their escapes.
+ */
+struct scan {
+	const char *p, *end;
+};
+
+static void
+scan_ws(struct scan *sc)
+{
+	while (sc->p < sc->end && (*sc->p == ' ' || *sc->p == '\t' ||
+	    *sc->p == '\n' || *sc->p == '\r'))
+		sc->p++;
+}
+
+/* A string at p (its opening quote): its raw bytes and whether it had an
+ * escape. -1 if it does not end. */
+static int
+scan_string(struct scan *sc, const char **s, size_t *len, int *escaped)
+{
+	const char *start;
+
+	if (sc->p >= sc->end || *sc->p != '"')
+		return -1;
+	start = ++sc->p;
+	*escaped = 0;
+	while (sc->p < sc->end && *sc->p != '"') {
+		if (*sc->p == '\\') {
+			*escaped = 1;
+			if (sc->end - sc->p < 2)
+				return -1;
+			sc->p++;
+		}
+		sc->p++;
+	}
+	if (sc->p >= sc->end)
+		return -1;
+	*s = start;
+	*len = (size_t)(sc->p - start);
+	sc->p++;
+	return 0;
+}
+
+/* Skips one value, however deep, up to the ',' or '}' after it. */
+static int
+scan_value(struct scan *sc)
+{
+	const char *s;
+	size_t len;
+	long depth = 0;
+	int esc;
+
+	for (;;) {
+		scan_ws(sc);
+		if (sc->p >= sc->end)
+			return -1;
+		switch (*sc->p) {
+		case '"':
+			if (scan_string(sc, &s, &len, &esc) == -1)
+				return -1;
+			break;
+		case '{':
+		case '[':
+			depth++;
+			sc->p++;
+			break;
+		case '}':
+		case ']':
+			if (depth == 0)
+				return 0;
+			depth--;
+			sc->p++;
+			break;
+		case ',':
+			if (depth == 0)
+				return 0;
+			sc->p++;
+			break;
+		default:
+			sc->p++;
+			break;
+		}
+	}
+}
+
+int
+cmd_scan_request_id(const char *payload, size_t len, char *out)
+{
+	struct scan sc = { payload, payload + (len > CMD_SCAN_MAX ?
+	    CMD_SCAN_MAX : len) };
+	const char *key, *val;
+	size_t klen, vlen, i;
+	int esc;
+
+	scan_ws(&sc);
+	if (sc.p >= sc.end || *sc.p != '{')
+		return -1;
+	sc.p++;
+	for (;;) {
+		scan_ws(&sc);
+		if (scan_string(&sc, &key, &klen, &esc) == -1)
+			return -1;
+		scan_ws(&sc);
+		if (sc.p >= sc.end || *sc.p != ':')
+			return -1;
+		sc.p++;
+		scan_ws(&sc);
+		if (!esc && klen == 10 && memcmp(key, "request_id", 10) == 0 &&
+		    sc.p < sc.end && *sc.p == '"') {
+			if (scan_string(&sc, &val, &vlen, &esc) == -1 || esc ||
+			    vlen < 1 || vlen > CMD_ID_MAX)
+				return -1;
+			for (i = 0; i < vlen; i++)
+				if (strchr(IDCHARS, val[i]) == NULL ||
+				    val[i] == '\0')
+					return -1;
+			memcpy(out, val, vlen);
+			out[vlen] = '\0';
+			return 0;
+		}
+		if (scan_value(&sc) == -1 || *sc.p != ',')
+			return -1;
+		sc.p++;
+	}
+}
+
+/* A number too large for an integer, anywhere under v (the payload read
+ * again with integers as reals). */
+static int
+too_big(json_t *v, int depth)
+{
+	const char *k;
+	json_t *x;
+	size_t i;
+
+	if (depth > 64)
+		return 0;
+	if (json_is_real(v))
+		return json_real_value(v) >= 9.2e18 ||
+		    json_real_value(v) <= -9.2e18;
+	if (json_is_object(v)) {
+		json_object_foreach(v, k, x)
+			if (too_big(x, depth + 1))
+				return 1;
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, x)
+			if (too_big(x, depth + 1))
+				return 1;
+	}
+	return 0;
+}
+
+/* jansson refuses integers beyond 64 bits as "not JSON": name the field. */
+static int
+big_integer(const char *payload, size_t len, char *field, size_t fieldlen,
+    char *why, size_t whylen)
+{
+	json_t *o = json_loadb(payload, len, JSON_DECODE_INT_AS_REAL, NULL),
+	    *v;
+	const char *key;
+	int found = 0;
+
+	if (json_is_object(o))
+		json_object_foreach(o, key, v)
+			if (!found && too_big(v, 0)) {
+				snprintf(field, fieldlen, "%.40s", key);
+				snprintf(why, whylen, "has a number too large "
+				    "for an integer (at most %lld)",
+				    (long long)INT64_MAX);
+				found = 1;
+			}
+	json_decref(o);
+	return found ? 0 : -1;
+}
+
 int
 cmd_parse(const char *payload, size_t len, struct cmd *out, char *field,
     size_t fieldlen, char *why, size_t whylen)
@@ -273,24 +452,23 @@ cmd_parse(const char *payload, size_t len, struct cmd *out, char *field,
 
 	memset(out, 0, sizeof(*out));
 	snprintf(field, fieldlen, "%s", "");
-	if (len > 16 * CMD_PAYLOAD_MAX) {
+	if (len > CMD_PAYLOAD_MAX) {
+		/* Refused whatever it says; scanned only to correlate the
+		 * reply (the broker bounds what reaches us). */
+		if (cmd_scan_request_id(payload, len, out->rid) == 0)
+			out->request_id = out->rid;
 		snprintf(why, whylen, "the command is longer than %d bytes",
 		    CMD_PAYLOAD_MAX);
 		return -1;
 	}
 	out->obj = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (len > CMD_PAYLOAD_MAX) {
-		/* Refused whatever it says; read only to correlate the reply
-		 * (the broker bounds what reaches us). */
-		rid = json_object_get(out->obj, "request_id");
-		if (rid != NULL && check(&common[1], rid, why, whylen) == 0)
-			out->request_id = json_string_value(rid);
-		snprintf(why, whylen, "the command is longer than %d bytes",
-		    CMD_PAYLOAD_MAX);
-		return -1;
-	}
 	if (out->obj == NULL) {
-		snprintf(why, whylen, "not JSON (%.80s)", jerr.text);
+		if (cmd_scan_request_id(payload, len, out->rid) == 0)
+			out->request_id = out->rid;
+		if (strstr(jerr.text, "too big") == NULL ||
+		    big_integer(payload, len, field, fieldlen, why, whylen) ==
+		    -1)
+			snprintf(why, whylen, "not JSON (%.80s)", jerr.text);
 		return -1;
 	}
 	if (!json_is_object(out->obj)) {
@@ -327,7 +505,7 @@ cmd_parse(const char *payload, size_t len, struct cmd *out, char *field,
 		if (find(common, 3, key) != NULL)
 			continue;
 		f = find(op->fields, op->nfields, key);
-		if (f == NULL && (f = find(envelope, 3, key)) == NULL) {
+		if (f == NULL && (f = find(envelope, NENVELOPE, key)) == NULL) {
 			snprintf(why, whylen, "is not a field of '%s'",
 			    out->op);
 			return -1;
@@ -342,13 +520,17 @@ cmd_parse(const char *payload, size_t len, struct cmd *out, char *field,
 			snprintf(why, whylen, "is missing");
 			return -1;
 		}
-	for (i = 0; op->signed_op && i < 3; i++)
+	for (i = 0; op->signed_op && i < NENVELOPE; i++)
 		if (json_object_get(out->obj, envelope[i].name) == NULL) {
 			snprintf(field, fieldlen, "%s", envelope[i].name);
-			snprintf(why, whylen, "is missing: '%s' must be signed",
-			    out->op);
+			snprintf(why, whylen, "is missing: '%s' must be signed%s",
+			    out->op, strcmp(envelope[i].name, "locker") == 0 ?
+			    " for the locker it is meant for" : "");
 			return -1;
 		}
+	out->locker = json_string_value(json_object_get(out->obj, "locker"));
+	out->nonce = json_string_value(json_object_get(out->obj, "nonce"));
+	out->ts = json_integer_value(json_object_get(out->obj, "ts"));
 	snprintf(field, fieldlen, "%s", "");
 	return 0;
 }
@@ -386,4 +568,28 @@ cmd_verify(const struct cmd *c, const uint8_t pk[32])
 	    strlen(canon), pk) == 0 ? 0 : -1;
 	free(canon);
 	return rc;
+}
+
+int
+cmd_digest(const struct cmd *c, uint8_t out[CMD_DIGEST_LEN])
+{
+	static const char *const drop[] = { "request_id", "exp", "ts",
+		"nonce", "sig" };
+	json_t *copy;
+	char *canon;
+	size_t i;
+
+	if ((copy = json_copy(c->obj)) == NULL)
+		return -1;
+	for (i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+		json_object_del(copy, drop[i]);
+	canon = json_dumps(copy, JSON_COMPACT | JSON_SORT_KEYS |
+	    JSON_ENSURE_ASCII);
+	json_decref(copy);
+	if (canon == NULL)
+		return -1;
+	crypto_generichash(out, CMD_DIGEST_LEN, (const uint8_t *)canon,
+	    strlen(canon), NULL, 0);
+	free(canon);
+	return 0;
 }

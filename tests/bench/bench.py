@@ -58,17 +58,24 @@ comparison alike. Figures:
   outbox_drain_inflight1_events_per_s
                         one event in flight at a time: what the window
                         buys (window_gain is the ratio of the medians).
-  reserve_rtt_ms        a reserve command over MQTT: publish on
+  reserve_rtt_ms        a signed reserve command over MQTT: publish on
                         lockers/<id>/cmd -> the reply with its request_id
                         received on .../reply, through the broker both ways
-                        and the platform's paho client. Contains three
-                        commits, two of them flushed: the commands row
-                        started (no flush of its own, store.h), the
-                        reservation with its signed events, the reply
-                        stored. Each reservation is then cancelled
+                        and the platform's paho client. Contains four
+                        commits, three of them flushed: the commands row
+                        and nonce (no flush of their own, store.h), the
+                        command_executed ledger event, the reservation
+                        with its signed events, the reply stored. Each reservation is then cancelled
                         (untimed) and its events let through. Median and
                         p99 of BENCH_RESERVE_N (default 200) samples; the
                         same op on the control socket is given alongside.
+  refused_command_disk_bytes
+                        (BENCH_ONLY=refused) what refused commands cost on
+                        disk: BENCH_REFUSED_N (default 3,000) opens with a
+                        well-formed bogus signature, then as many unsigned
+                        pings, at 1,000 a second: the database's growth
+                        (logical pages, WAL included), new ledger events
+                        and their bytes, command log and nonce rows.
 
   (BENCH_ONLY=idle also) scale_idle and binary_size_bytes
                         the idle run again for 1, 16 and 32 boards (24, 384,
@@ -98,7 +105,7 @@ comparison alike. Figures:
 For both MQTT figures the broker (set_tcp_nodelay) and the platform's
 client send without Nagle's delay, so that only lockerd's own socket
 options show. BENCH_ONLY=drain,reserve (or modbus, rtu, idle, codes,
-scale, fleet) runs a subset; make bench runs everything.
+refused, scale, fleet) runs a subset; make bench runs everything.
 """
 
 import argparse
@@ -587,9 +594,7 @@ def reserve_samples(lk, sink, count, warmup=10, tag="bench"):
     rtt = []
     for i in range(warmup + count):
         rid = f"{tag}-{os.getpid()}-{i}"
-        cmd = json.dumps({"op": "reserve", "request_id": rid,
-                          "exp": int(time.time() * 1000) + 30000,
-                          "app": f"R-{i}", "size": "S"})
+        cmd = json.dumps(H.command("reserve", rid, app=f"R-{i}", size="S"))
         t0 = time.monotonic()
         sink.c.publish(topic, cmd, qos=1)
         sink.wait(lambda: rid in sink.replies, 10, f"the reply to {rid}")
@@ -623,6 +628,72 @@ def bench_reserve_rtt(count, warmup=10):
             lk.ctl_ok({"op": "cancel", "resv": r["resv"]})
         failed = False
         return rtt, local
+    finally:
+        H.end_test(failed)
+        H.remove_tmp(failed)
+
+
+def bench_refused(n):
+    """The disk cost of refused commands: n opens with a well-formed but
+    bogus signature, then n unsigned pings, at 1,000 a second each; the
+    database's logical size (page_count x page_size, the WAL's committed
+    pages included) and the ledger's and command log's rows before and
+    after, once the counted alarm ([mqtt] refused_alarm_s, 2 s here) is
+    in. Returns a dict."""
+    import sqlite3
+    H.begin_test("bench-refused")
+    failed = True
+    try:
+        sim = H.Locksim(name="sim")
+        broker = H.Mosquitto(conf=BROKER_CONF)
+        sink = Subscriber(broker)
+        lk = H.Lockerd(H.config(sim, log_level="warn",
+                                extra=H.mqtt_extra(broker, refused_alarm_s=2)))
+        lk.wait_event("started", timeout=5)
+        sink.wait(lambda: sink.birth is not None, 10, "lockerd's birth")
+
+        def db():
+            con = sqlite3.connect(f"file:{lk.db_path}?mode=ro", uri=True)
+            try:
+                size = con.execute("PRAGMA page_count").fetchone()[0] * \
+                    con.execute("PRAGMA page_size").fetchone()[0]
+                rows = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                        for t in ("events", "commands", "nonces")}
+                bodies = con.execute("SELECT coalesce(sum(length(body)), 0) FROM events"
+                                     ).fetchone()[0]
+                return size, rows, bodies
+            finally:
+                con.close()
+
+        out = {}
+        topic = f"{sink.prefix}/cmd"
+        for what in ("forged", "unsigned"):
+            size0, rows0, bodies0 = db()
+            t0 = time.monotonic()
+            rids = []
+            for i in range(n):
+                d = t0 + i / 1000 - time.monotonic()
+                if d > 0:
+                    time.sleep(d)
+                rid = f"{what}-{i}"
+                if what == "forged":
+                    c = H.command("open", rid, cell=1 + i % 24)
+                    c["sig"] = "A" * 86
+                else:
+                    c = H.command("ping", rid)
+                sink.c.publish(topic, json.dumps(c), qos=1)
+                rids.append(rid)
+            sink.wait(lambda: all(r in sink.replies for r in rids), 30, f"replies to {what}")
+            time.sleep(2.5)     # the counted alarm's window
+            size1, rows1, bodies1 = db()
+            out[what] = {"commands": n, "db_bytes": size1 - size0,
+                         "db_bytes_per_command": round((size1 - size0) / n, 2),
+                         "ledger_events": rows1["events"] - rows0["events"],
+                         "ledger_body_bytes": bodies1 - bodies0,
+                         "command_log_rows": rows1["commands"] - rows0["commands"],
+                         "nonce_rows": rows1["nonces"] - rows0["nonces"]}
+        failed = False
+        return out
     finally:
         H.end_test(failed)
         H.remove_tmp(failed)
@@ -796,7 +867,7 @@ def main():
                     default=int(os.environ.get("BENCH_RESERVE_N", "200")))
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma-separated subset: modbus, rtu, idle, codes, drain, "
-                         "reserve, scale, fleet, slowdisk, login")
+                         "reserve, refused, scale, fleet, slowdisk, login")
     args = ap.parse_args()
     os.environ["BUILD"] = args.build
     only = set(filter(None, args.only.split(",")))
@@ -832,13 +903,18 @@ def main():
         fleet.main(["--build", args.build])
     if want("slowdisk"):
         bench_slow_storage(max(1, args.rounds // 2))
+    if want("refused"):
+        r = bench_refused(int(os.environ.get("BENCH_REFUSED_N", "3000")))
+        emit("refused_command_disk_bytes", None, unit="bytes a command",
+             goal="0 at rest for each refused command (one alarm per window)",
+             forged_open=r["forged"], unsigned_ping=r["unsigned"])
     if want("reserve"):
         rtt, local = bench_reserve_rtt(args.reserve_n)
         emit("reserve_rtt_ms", rtt,
-             what="reserve command published on lockers/<id>/cmd -> its reply "
-                  "received on .../reply (broker both ways, paho client); incl. "
-                  "3 commits, 2 flushed: command started (unflushed), "
-                  "reservation + events, reply stored",
+             what="signed reserve command published on lockers/<id>/cmd -> its "
+                  "reply received on .../reply (broker both ways, paho client); incl. "
+                  "4 commits, 3 flushed: command row + nonce (unflushed), "
+                  "command_executed, reservation + events, reply stored",
              ctl_reserve_median_ms=round(statistics.median(local), 3),
              ctl_reserve_p99_ms=round(pct(local, 99), 3))
 

@@ -169,8 +169,10 @@ class Platform:
                 if ev is not None:
                     ev.set()
 
-    def request(self, locker, op, fields, signed=False, timeout=10):
-        cmd = LC.build_command(op, fields, timeout, self.key if signed else None)
+    def request(self, locker, op, fields, signed=None, timeout=10):
+        if signed is None:
+            signed = op in LC.SIGNED_OPS
+        cmd = LC.build_command(op, fields, timeout, self.key if signed else None, locker)
         ev = threading.Event()
         with self.lock:
             self.waiters[cmd["request_id"]] = ev

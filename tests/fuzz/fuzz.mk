@@ -19,7 +19,7 @@ FUZZ_DIR           := tests/fuzz
 # Target name and its -max_len.
 FUZZ_TARGETS := fuzz_config:8192 fuzz_profile:2048 fuzz_board_reply:301 \
 	fuzz_ctl_json:4096 fuzz_credential:400 fuzz_kiosk:4096 \
-	fuzz_cmd:8192
+	fuzz_cmd:8192 fuzz_link:9000
 FUZZ_NAMES   := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
 FUZZ_BINS    := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
 
@@ -96,6 +96,18 @@ $(FUZZ_BUILD)/fuzz_kiosk: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_kiosk.c \
 		controller/throttle.c controller/jsonl.c controller/log.c \
 		controller/util.c controller/config.c controller/mb.c \
 		controller/notify.c controller/mark.c \
+		proto/ledger.c proto/cmd.c) $(FUZZ_PROTO_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
+
+# A message from the broker through link.c, on a whole locker without
+# boards; the MQTT client faked (no platform.c).
+$(FUZZ_BUILD)/fuzz_link: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_link.c \
+		controller/kiosk.c controller/lockerd.c controller/ctl.c \
+		controller/link.c controller/resv.c controller/bank.c \
+		controller/codes.c controller/custody.c controller/staff.c \
+		controller/store.c controller/throttle.c controller/jsonl.c \
+		controller/log.c controller/util.c controller/config.c \
+		controller/mb.c controller/notify.c \
 		proto/ledger.c proto/cmd.c) $(FUZZ_PROTO_OBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
 

@@ -54,8 +54,9 @@ def mqtt_packets(buf):
     return out, buf[i:]
 
 
-def publish_fields(flags, body):
-    """(topic, packet id or None, payload) of a PUBLISH body."""
+def publish_fields(flags, body, level=4):
+    """(topic, packet id or None, payload) of a PUBLISH body; level 5 (MQTT
+    5) has properties between the packet id and the payload."""
     tlen = int.from_bytes(body[0:2], "big")
     topic = body[2:2 + tlen].decode(errors="replace")
     k = 2 + tlen
@@ -63,6 +64,16 @@ def publish_fields(flags, body):
     if (flags >> 1) & 3:
         mid = int.from_bytes(body[k:k + 2], "big")
         k += 2
+    if level == 5:
+        mult, plen = 1, 0
+        while k < len(body):
+            b = body[k]
+            k += 1
+            plen += (b & 0x7F) * mult
+            mult *= 128
+            if not b & 0x80:
+                break
+        k += plen
     return topic, mid, body[k:]
 
 
@@ -77,6 +88,7 @@ class _Conn:
         self.up = up              # the broker's side
         self.t_open = time.monotonic()
         self.closed = False
+        self.level = 4            # MQTT protocol level of its CONNECT
         self.mid_seq = {}         # packet id -> event seq, this connection
         self.published = []       # event seqs lockerd sent, in order
         self.dup_flagged = 0      # of them, resent by libmosquitto (DUP set)
@@ -95,10 +107,16 @@ class BrokerProxy:
     PUBACK has been handed to lockerd (recorded before the bytes are sent,
     so anything lockerd marks delivered must already be in it)."""
 
-    def __init__(self, broker_port, delay_s=0.0):
+    def __init__(self, broker_port, delay_s=0.0, refuse_v5=False):
+        """refuse_v5: plays a broker that speaks only MQTT 3.1.1: a CONNECT
+        of protocol level 5 gets the 3.1.1 CONNACK "unacceptable protocol
+        version" and the connection is closed (counted in v5_refused)."""
         harness._register(self)
         self.broker_port = broker_port
         self.delay_s = delay_s
+        self.refuse_v5 = refuse_v5
+        self.v5_refused = 0
+        self.levels = []          # the protocol level of each CONNECT
         self.stall_until = 0.0
         self.lock = threading.Lock()
         self.conns = []
@@ -201,10 +219,25 @@ class BrokerProxy:
             if not data:
                 break
             pkts, buf = self._packets(c, buf + data, "c->b")
+            refused = False
             for typ, flags, body in pkts:
+                if typ == 1 and len(body) >= 7:
+                    level = body[6]
+                    c.level = level
+                    with self.lock:
+                        self.levels.append(level)
+                    if level == 5 and self.refuse_v5:
+                        try:
+                            c.down.sendall(b"\x20\x02\x00\x01")
+                        except OSError:
+                            pass
+                        with self.lock:
+                            self.v5_refused += 1
+                        refused = True
+                        break
                 if typ != 3:
                     continue
-                topic, mid, payload = publish_fields(flags, body)
+                topic, mid, payload = publish_fields(flags, body, c.level)
                 if not topic.endswith("/events"):
                     continue
                 try:
@@ -216,6 +249,8 @@ class BrokerProxy:
                         c.mid_seq[mid] = seq
                     c.published.append(seq)
                     c.dup_flagged += bool(flags & 0x08)
+            if refused:
+                break
             try:
                 c.up.sendall(data)
             except OSError:

@@ -1190,9 +1190,11 @@ def assert_refused(sim, lk, kc, req, error, settle=0.5):
 class Mosquitto:
     """A mosquitto broker on a free loopback port, persistence in the
     test's temp dir (so a restart keeps sessions and queued messages).
-    conf: more lines for mosquitto.conf (e.g. "set_tcp_nodelay true")."""
+    conf: more lines for mosquitto.conf (e.g. "set_tcp_nodelay true").
+    limit: the broker's message_size_limit, as README's broker setup has
+    it (8192: a command is at most 4096 bytes); None for none."""
 
-    def __init__(self, port=None, conf=""):
+    def __init__(self, port=None, conf="", limit=8192):
         _register(self)
         d = tmpdir()
         self.port = port or free_port()
@@ -1212,7 +1214,8 @@ class Mosquitto:
                     f"persistence_location {self.dir}/\n"
                     "autosave_interval 1\n"
                     f"log_dest file {self.log_path}\n"
-                    "max_queued_messages 100000\n" + conf)
+                    "max_queued_messages 100000\n" +
+                    (f"message_size_limit {limit}\n" if limit else "") + conf)
         _register_log(f"mosquitto {self.port}", self.log_path)
         self.proc = None
         self.start()
@@ -1325,11 +1328,81 @@ class Platform:
 
 
 def mqtt_extra(broker, **keys):
-    """An [mqtt] section for lockerd pointing at broker."""
+    """An [mqtt] section for lockerd pointing at broker, trusting the
+    harness's platform key (platform_key_hex()) unless keys say another."""
     m = {"host": "127.0.0.1", "port": broker.port, "keepalive_s": 5,
-         "reconnect_min_ms": 100, "reconnect_max_ms": 1000}
+         "reconnect_min_ms": 100, "reconnect_max_ms": 1000,
+         "platform_key": platform_key_hex()}
     m.update(keys)
     return {"mqtt": m}
+
+
+# ---------------------------------------------------------------------------
+# Signed platform commands (proto/README.md): the ops that change custody,
+# staff or service, or return a code, carry the target locker, ts, nonce
+# and an Ed25519 signature by the platform key over the canonical bytes.
+
+SIGNED_OPS = frozenset({"reserve", "cancel", "reissue", "service", "open", "load",
+                        "staff_add", "staff_revoke"})
+_platform_key = []
+_nonces = [0]
+
+
+def platform_key():
+    """The platform signing key (PyNaCl) of this test process; lockerds
+    configured through mqtt_extra() trust it."""
+    import nacl.signing
+    if not _platform_key:
+        _platform_key.append(nacl.signing.SigningKey.generate())
+    return _platform_key[0]
+
+
+def platform_key_hex(key=None):
+    import nacl.encoding
+    return (key or platform_key()).verify_key.encode(
+        encoder=nacl.encoding.HexEncoder).decode()
+
+
+def canonical_bytes(cmd):
+    r"""What a platform signs: the command without "sig" as jansson's
+    json_dumps(JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII) writes it
+    (Python's ensure_ascii writes lower-case hex and escapes DEL)."""
+    import re
+    text = json.dumps({k: v for k, v in cmd.items() if k != "sig"}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=True)
+
+    def fix(m):
+        t = m.group(0)
+        if t == "\\\\":
+            return t
+        return "\x7f" if t == "\\u007f" else "\\u" + t[2:].upper()
+    return re.sub(r"\\\\|\\u[0-9a-f]{4}", fix, text).encode()
+
+
+def sign_command(c, key=None, locker="test-locker", now_ms=None):
+    """Signs a command dict in place (and returns it): sets locker, ts and
+    nonce unless the dict has them, then sig over the canonical bytes."""
+    import nacl.encoding
+    _nonces[0] += 1
+    c.setdefault("locker", locker)
+    c.setdefault("ts", now_ms if now_ms is not None else int(time.time() * 1000))
+    c.setdefault("nonce", f"n{time.time_ns()}x{os.getpid()}x{_nonces[0]}")
+    sig = (key or platform_key()).sign(canonical_bytes(c)).signature
+    c["sig"] = nacl.encoding.URLSafeBase64Encoder.encode(sig).decode().rstrip("=")
+    return c
+
+
+def command(op, request_id, exp_ms=None, sign=None, key=None, locker="test-locker",
+            now_ms=None, **fields):
+    """A platform command dict: signed when sign is True, or when sign is
+    None and the op must be signed (SIGNED_OPS)."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    c = {"op": op, "request_id": request_id,
+         "exp": exp_ms if exp_ms is not None else now + 30000}
+    c.update(fields)
+    if sign or (sign is None and op in SIGNED_OPS):
+        sign_command(c, key, locker, now)
+    return c
 
 
 

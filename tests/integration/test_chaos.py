@@ -407,21 +407,16 @@ class PlatformSide:
                     self.codes.setdefault(body["resv"], body["code"])
         plat.c.on_message = on_message
 
-    def call(self, op, sign=False, timeout=15, stop=None, **fields):
+    def call(self, op, sign=None, timeout=15, stop=None, **fields):
         """The reply, or None. A repeat (same request id) gets the stored
-        reply or `unknown_outcome`; exactly-once is lockerd's job."""
+        reply or `unknown_outcome`; exactly-once is lockerd's job. Signed
+        (for this locker) when the op must be (harness.SIGNED_OPS)."""
         with self.lock:
             self.n += 1
             rid = f"chaos-{op}-{self.n}-{time.time_ns()}"
         now = int(time.time() * 1000)
-        c = {"op": op, "request_id": rid, "exp": now + 60_000}
-        c.update(fields)
-        if sign:
-            c["ts"] = now
-            c["nonce"] = f"n{time.time_ns()}x{self.n}"
-            canon = json.dumps(c, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-            c["sig"] = nacl.encoding.URLSafeBase64Encoder.encode(
-                KEY.sign(canon.encode()).signature).decode().rstrip("=")
+        c = harness.command(op, rid, exp_ms=now + 60_000, sign=sign, key=KEY, now_ms=now,
+                            **fields)
         payload = json.dumps(c)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not (stop and stop.is_set()):

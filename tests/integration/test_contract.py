@@ -37,7 +37,8 @@ CASES = os.path.join(harness.ROOT, "tests", "cmd_cases.json")
 # The command set of proto/cmd.c, and which ops need the signature envelope.
 OPS = ("ping", "state", "rebirth", "reserve", "cancel", "reissue", "resv", "service",
        "open", "load", "staff_add", "staff_revoke", "restore_ack")
-SIGNED_OPS = {"open", "load", "staff_add", "staff_revoke", "restore_ack"}
+SIGNED_OPS = {"reserve", "cancel", "reissue", "service", "open", "load", "staff_add",
+              "staff_revoke", "restore_ack"}
 PAYLOAD_MAX = 4096          # CMD_PAYLOAD_MAX
 # The key that signed the examples in proto/asyncapi.yaml and the command
 # schemas: Ed25519 from the seed SHA-256("lockerd example platform key").
@@ -150,27 +151,23 @@ def _validate(messages):
 
 
 def test_contract_traffic_of_every_kind():
-    import nacl.signing
-    import nacl.encoding
     broker = Mosquitto()
     plat = Platform(broker)
     sim = Locksim()
-    pk = nacl.signing.SigningKey.generate().verify_key.encode(
-        encoder=nacl.encoding.HexEncoder).decode()
-    lk = Lockerd(config(sim, extra=mqtt_extra(broker, platform_key=pk)))
+    lk = Lockerd(config(sim, extra=mqtt_extra(broker)))
     lk.wait_event("started", timeout=5)
     exp = int(time.time() * 1000) + 30000
 
     def cmd(c):
         plat.c.publish(f"{plat.prefix}/cmd", json.dumps(c), qos=1)
 
-    cmd({"op": "reserve", "request_id": "c-1", "exp": exp, "app": "A-1", "size": "S"})
+    cmd(harness.command("reserve", "c-1", exp, app="A-1", size="S"))
     r = wait_for(lambda: [b for b, _ in plat.on("reply") if b.get("request_id") == "c-1"], 5,
                  what="reserve reply")[0]
-    cmd({"op": "reserve", "request_id": "c-2", "exp": exp, "app": "A-1", "size": "Q"})
-    cmd({"op": "cancel", "request_id": "c-3", "exp": exp, "resv": 999})
+    cmd(harness.command("reserve", "c-2", exp, app="A-1", size="Q"))
+    cmd(harness.command("cancel", "c-3", exp, resv=999))
     cmd({"op": "open", "request_id": "c-4", "exp": exp, "cell": 3, "ts": exp,
-         "nonce": "contract-nonce-01", "sig": "A" * 86})
+         "nonce": "contract-nonce-01", "sig": "A" * 86, "locker": "test-locker"})
     cmd({"op": "rebirth", "request_id": "c-5", "exp": exp})
     kc = harness.kiosk(lk)
     assert kc.code(r["code"]).get("ok") is True
@@ -326,19 +323,94 @@ def _bytes_not_characters(body):
 
 
 def _codec_request_id(payload):
-    """The request id cmd_parse() reads for its reply: from any payload it
-    can parse (even an oversized one, up to 16 x 4096 bytes) when it is a
-    valid request id; None otherwise (the reply says null)."""
-    if len(payload) > 16 * PAYLOAD_MAX:
-        return None
+    """The request id cmd_parse() reads for its reply: from a payload it
+    parses, or else as cmd_scan_request_id() scans the first 16 x 4096
+    bytes of one it does not (too long, too deep, a number out of range),
+    when it is a valid request id; None otherwise (the reply says null)."""
     try:
-        body = _jansson_loads(payload)
+        body = _jansson_loads(payload) if len(payload) <= PAYLOAD_MAX else None
     except ValueError:
-        return None
-    rid = body.get("request_id") if isinstance(body, dict) else None
+        body = None
+    rid = body.get("request_id") if isinstance(body, dict) else _scan_request_id(payload)
     if isinstance(rid, str) and 1 <= len(rid) <= 64 and re.fullmatch(r"[A-Za-z0-9_.:-]+", rid):
         return rid
     return None
+
+
+def _scan_request_id(payload):
+    """proto/cmd.c cmd_scan_request_id(): the first top-level "request_id"
+    whose value is a string without escapes, walking the keys and skipping
+    values (however deep) without parsing them."""
+    b = payload[:16 * PAYLOAD_MAX]
+    n, i = len(b), 0
+
+    def ws(i):
+        while i < n and b[i] in b" \t\n\r":
+            i += 1
+        return i
+
+    def string(i):
+        if i >= n or b[i] != 0x22:
+            return None, i, False
+        i += 1
+        start, esc = i, False
+        while i < n and b[i] != 0x22:
+            if b[i] == 0x5C:
+                esc = True
+                if n - i < 2:
+                    return None, n, esc
+                i += 1
+            i += 1
+        if i >= n:
+            return None, n, esc
+        return b[start:i], i + 1, esc
+
+    i = ws(i)
+    if i >= n or b[i] != 0x7B:
+        return None
+    i += 1
+    while True:
+        i = ws(i)
+        key, i, esc = string(i)
+        if key is None:
+            return None
+        i = ws(i)
+        if i >= n or b[i] != 0x3A:
+            return None
+        i = ws(i + 1)
+        if not esc and key == b"request_id" and i < n and b[i] == 0x22:
+            val, i, esc = string(i)
+            if val is None or esc or b"\0" in val:
+                return None
+            try:
+                return val.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+        depth = 0
+        while True:
+            i = ws(i)
+            if i >= n:
+                return None
+            c = b[i]
+            if c == 0x22:
+                s_, i, _ = string(i)
+                if s_ is None:
+                    return None
+            elif c in b"{[":
+                depth += 1
+                i += 1
+            elif c in b"}]":
+                if depth == 0:
+                    break
+                depth -= 1
+                i += 1
+            elif c == 0x2C and depth == 0:
+                break
+            else:
+                i += 1
+        if b[i] != 0x2C:
+            return None
+        i += 1
 
 
 def _paired_commands(messages):

@@ -147,24 +147,18 @@ class Flow:
 
     # -- the platform's commands ---------------------------------------------
 
-    def cmd(self, op, sign=False, exp_in=30, raw=None, **fields):
-        """Publishes a command on lockers/<id>/cmd; returns its request id."""
+    def cmd(self, op, sign=None, exp_in=30, raw=None, **fields):
+        """Publishes a command on lockers/<id>/cmd; returns its request id.
+        Signed (for this locker) when sign is True, or None and the op must
+        be (harness.SIGNED_OPS)."""
         self.n += 1
         rid = fields.pop("request_id", f"f-{time.time_ns()}-{self.n}")
         now = self.now_ms()
         if raw is not None:
             payload = raw
         else:
-            c = {"op": op, "request_id": rid, "exp": now + exp_in * 1000}
-            c.update(fields)
-            if sign:
-                c.setdefault("ts", now)
-                c.setdefault("nonce", f"n{time.time_ns()}x{self.n}")
-                canon = json.dumps({k: v for k, v in c.items() if k != "sig"},
-                                   sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-                sig = KEY.sign(canon.encode()).signature
-                c.setdefault("sig", nacl.encoding.URLSafeBase64Encoder.encode(sig)
-                             .decode().rstrip("="))
+            c = harness.command(op, rid, exp_ms=now + exp_in * 1000, sign=sign, key=KEY,
+                                now_ms=now, **fields)
             payload = json.dumps(c)
         self.plat.c.publish(f"{self.plat.prefix}/cmd", payload, qos=1)
         return rid
@@ -177,7 +171,7 @@ class Flow:
         return wait_for(lambda: self.replies(rid) and self.replies(rid)[0], timeout,
                         what=f"the reply to {rid}")
 
-    def call(self, op, sign=False, **fields):
+    def call(self, op, sign=None, **fields):
         return self.reply(self.cmd(op, sign=sign, **fields))
 
     def add_staff(self, staff="bob", name="Bob B", pin=PIN):
@@ -494,7 +488,7 @@ def test_flow_staff_load_by_platform():
     f.add_staff("carol", "Carol C")
     # Unsigned: refused, no door.
     n0, seq0 = f.sim.last_write_n(), f.lk.last_seq()
-    bad = f.call("load", app="A-4001", size="S", staff="carol")
+    bad = f.call("load", sign=False, app="A-4001", size="S", staff="carol")
     assert bad.get("ok") is False and bad.get("field") == "ts", f"unsigned load -> {bad}"
     harness.assert_no_unlock(f.sim, n0, 0.3, "an unsigned load")
 
@@ -735,16 +729,13 @@ def test_flow_remote_open():
     f = Flow()
     cell = 5
     seq0, n0, m0 = f.lk.last_seq(), f.sim.last_write_n(), f.kc.mark()
-    bad = f.call("open", cell=cell)
+    bad = f.call("open", sign=False, cell=cell)
     assert bad.get("ok") is False and bad.get("error") == "bad_command" and \
         bad.get("field") == "ts", f"unsigned open -> {bad}"
     # Signed by another key: refused too, and an alarm.
     other = nacl.signing.SigningKey.generate()
-    c = {"op": "open", "request_id": "forged-open-1", "exp": f.now_ms() + 30000,
-         "cell": cell, "ts": f.now_ms(), "nonce": f"forged-{time.time_ns()}"}
-    canon = json.dumps(c, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    c["sig"] = nacl.encoding.URLSafeBase64Encoder.encode(
-        other.sign(canon.encode()).signature).decode().rstrip("=")
+    c = harness.command("open", "forged-open-1", key=other, now_ms=f.now_ms(), cell=cell,
+                        nonce=f"forged-{time.time_ns()}")
     f.cmd(None, raw=json.dumps(c))
     forged = f.reply("forged-open-1")
     assert forged.get("ok") is False and forged.get("error") == "unauthorised", forged

@@ -104,15 +104,14 @@ def run_load(seconds, lockerd_env=None, label="load"):
             rss0, fds0 = harness.rss_kib(pid), harness.open_fds(pid)     # after the warm-up
         rid = f"load-{i}"
         k = i % 50
-        c = {"request_id": rid, "exp": int(time.time() * 1000) + 60000}
+        exp = int(time.time() * 1000) + 60000
         if k == 0:
-            c.update(op="reserve", app=f"L-{i}", size="S" if i % 100 else "M")
+            c = harness.command("reserve", rid, exp, app=f"L-{i}",
+                                size="S" if i % 100 else "M")
         elif k % 5 == 0:
-            c.update(op="resv", resv=max(1, i // 50))
-        elif k % 2:
-            c.update(op="ping")
+            c = harness.command("resv", rid, exp, resv=max(1, i // 50))
         else:
-            c.update(op="state")
+            c = harness.command("ping" if k % 2 else "state", rid, exp)
         kinds[rid] = c["op"]
         plat.c.publish(f"{plat.prefix}/cmd", json.dumps(c), qos=1)
         sent.append(rid)

@@ -490,6 +490,10 @@ def _pre_mark_state(lk, sk, events):
         con.commit()
     finally:
         con.close()
+    # As lockerd makes it: no other user may read a database (issue 22).
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(lk.db_path + suffix):
+            os.chmod(lk.db_path + suffix, 0o600)
     key = os.path.join(lk.state_dir, "device.key")
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -210,12 +210,115 @@ test_schema_examples_decode_and_verify(void **state)
 	assert_true(n >= 9);
 }
 
+/* The request id of payloads that do not decode (cmd_scan_request_id()),
+ * and that cmd_parse() puts it in its refusal. */
+static void
+test_request_id_of_a_bad_payload(void **state)
+{
+	static const struct {
+		const char *payload;
+		const char *rid;        /* NULL: none to be read */
+	} t[] = {
+		{ "{\"request_id\":\"r-1\",\"exp\":123456789012345678901234567890}",
+		    "r-1" },
+		{ "{\"a\":[[[{\"request_id\":\"inner\"}]]],\"request_id\":\"r-2\",\"x\":",
+		    "r-2" },
+		{ " \n{ \"op\" : \"ping\" , \"request_id\" : \"r-3\" ", "r-3" },
+		{ "{\"s\":\"a \\\" \\\\ }\",\"request_id\":\"r-4\"}", "r-4" },
+		{ "{\"a\":[[[[[[", NULL },
+		{ "{\"a\":{\"request_id\":\"nested\"}}", NULL },
+		{ "[{\"request_id\":\"r-5\"}]", NULL },
+		{ "{\"request_id\":\"with space\"}", NULL },
+		{ "{\"request_id\":\"esc\\u0041\",\"x\":", NULL },
+		{ "{\"request_id\":12}", NULL },
+		{ "{\"request_\\u0069d\":\"r-6\",", NULL },
+		{ "{\"request_id\":\"", NULL },
+		{ "{\"request_id\":\"rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr\"}",
+		    NULL },
+		{ "", NULL },
+	};
+	char out[CMD_ID_MAX + 1], field[48], why[160];
+	struct cmd c;
+	size_t i;
+	int rc;
+
+	(void)state;
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		rc = cmd_scan_request_id(t[i].payload, strlen(t[i].payload),
+		    out);
+		if (t[i].rid == NULL && rc == 0)
+			fail_msg("%s: scanned %s", t[i].payload, out);
+		if (t[i].rid != NULL && (rc != 0 || strcmp(out, t[i].rid) !=
+		    0))
+			fail_msg("%s: scanned %s, want %s", t[i].payload,
+			    rc == 0 ? out : "nothing", t[i].rid);
+		assert_int_equal(cmd_parse(t[i].payload, strlen(t[i].payload),
+		    &c, field, sizeof(field), why, sizeof(why)), -1);
+		if ((c.request_id == NULL) != (t[i].rid == NULL) ||
+		    (t[i].rid != NULL && strcmp(c.request_id, t[i].rid) != 0))
+			fail_msg("%s: the refusal carries %s", t[i].payload,
+			    c.request_id ? c.request_id : "null");
+		cmd_free(&c);
+	}
+}
+
+/* The digest: what the command asks, not how it was sent or signed. */
+static void
+test_digest(void **state)
+{
+	static const char *const same[] = {
+		"{\"op\":\"open\",\"request_id\":\"a\",\"exp\":1,\"cell\":5,"
+		"\"locker\":\"L\",\"ts\":1,\"nonce\":\"nnnnnnnnnnnnnnnn\",\"sig\":\""
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAA\"}",
+		"{\"cell\":5,\"locker\":\"L\",\"op\":\"open\",\"request_id\":\"b\","
+		"\"exp\":99,\"ts\":2,\"nonce\":\"mmmmmmmmmmmmmmmm\",\"sig\":\""
+		"BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+		"BBBBBBBBBBBBBBBBBBBA\"}",
+	};
+	static const char *const other[] = {
+		"{\"op\":\"open\",\"request_id\":\"a\",\"exp\":1,\"cell\":6,"
+		"\"locker\":\"L\",\"ts\":1,\"nonce\":\"nnnnnnnnnnnnnnnn\",\"sig\":\""
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAA\"}",
+		"{\"op\":\"open\",\"request_id\":\"a\",\"exp\":1,\"cell\":5,"
+		"\"locker\":\"M\",\"ts\":1,\"nonce\":\"nnnnnnnnnnnnnnnn\",\"sig\":\""
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAA\"}",
+		"{\"op\":\"service\",\"request_id\":\"a\",\"exp\":1,\"cell\":5,"
+		"\"in\":true,\"locker\":\"L\",\"ts\":1,\"nonce\":\"nnnnnnnnnnnnnnnn\","
+		"\"sig\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+		"AAAAAAAAAAAAAAAAAAAAAAAAA\"}",
+	};
+	uint8_t d0[CMD_DIGEST_LEN], d[CMD_DIGEST_LEN];
+	char field[48], why[160];
+	struct cmd c;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < 2 + sizeof(other) / sizeof(other[0]); i++) {
+		const char *p = i < 2 ? same[i] : other[i - 2];
+
+		if (cmd_parse(p, strlen(p), &c, field, sizeof(field), why,
+		    sizeof(why)) == -1)
+			fail_msg("%s: %s %s", p, field, why);
+		assert_int_equal(cmd_digest(&c, i == 0 ? d0 : d), 0);
+		cmd_free(&c);
+		if (i == 1)
+			assert_memory_equal(d, d0, sizeof(d));
+		else if (i > 1)
+			assert_memory_not_equal(d, d0, sizeof(d));
+	}
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_the_table_of_cases),
 		cmocka_unit_test(test_schema_examples_decode_and_verify),
+		cmocka_unit_test(test_request_id_of_a_bad_payload),
+		cmocka_unit_test(test_digest),
 	};
 
 	if (sodium_init() < 0)

@@ -970,13 +970,15 @@ platform_drain(struct platform *p, struct platform_rep *out, int max)
 	return fake_take(fp_queue, &fp_nq, sizeof(*out), out, max);
 }
 
-/* Never connected: only replies go out (link.c sends them regardless). */
+/* Never connected: only replies go out (the fake takes them regardless
+ * of the connection link.c names). */
 int
-platform_publish(struct platform *p, const char *sub, const char *payload,
-    int qos, int retain, int *mid)
+platform_publish(struct platform *p, unsigned gen, const char *sub,
+    const char *payload, enum platform_class cls, int retain, int *mid)
 {
 	(void)p;
-	(void)qos;
+	(void)gen;
+	(void)cls;
 	(void)retain;
 	*mid = 0;
 	if (strcmp(sub, "reply") != 0)
@@ -985,25 +987,72 @@ platform_publish(struct platform *p, const char *sub, const char *payload,
 	return 0;
 }
 
+void
+platform_stats(struct platform *p, struct platform_stats *out)
+{
+	(void)p;
+	memset(out, 0, sizeof(*out));
+}
+
+static struct config cfg;
+
+/* The platform's key, which the locker trusts ([mqtt] platform_key). */
+static const uint8_t platform_seed[crypto_sign_SEEDBYTES] =
+    "test_powerloss: platform seed";
+
 /* A platform command (its fields but the request id and the expiry) as
- * the MQTT thread hands it to the loop. */
+ * the MQTT thread hands it to the loop; signed, for this locker, when the
+ * op must be (service). */
 static int
 fp_command(const char *fields, const char *request_id)
 {
 	struct platform_rep *r = &fp_queue[fp_nq];
-	char text[256];
+	uint8_t pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];
+	uint8_t sig[crypto_sign_BYTES];
+	char text[512], nonce[40], *canon, *out = NULL;
+	char sig64[sodium_base64_ENCODED_LEN(crypto_sign_BYTES,
+	    sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+	static int count;
+	json_t *o;
 	int n;
 
 	n = snprintf(text, sizeof(text), "{%s,\"request_id\":\"%s\","
 	    "\"exp\":%lld}", fields, request_id,
 	    (long long)util_wall_ms() + 3600000);
-	if (fp_nq == 8 || n < 0 || (size_t)n >= sizeof(text))
+	if (fp_nq == 8 || n < 0 || (size_t)n >= sizeof(text) ||
+	    (o = json_loads(text, 0, NULL)) == NULL)
 		return -1;
+	if (strstr(fields, "\"service\"") != NULL) {
+		snprintf(nonce, sizeof(nonce), "powerloss-nonce-%d-%d",
+		    (int)getpid(), ++count);
+		json_object_set_new(o, "locker", json_string(cfg.locker_id));
+		json_object_set_new(o, "ts", json_integer(util_wall_ms()));
+		json_object_set_new(o, "nonce", json_string(nonce));
+		canon = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS |
+		    JSON_ENSURE_ASCII);
+		crypto_sign_seed_keypair(pk, sk, platform_seed);
+		if (canon == NULL || crypto_sign_detached(sig, NULL,
+		    (const uint8_t *)canon, strlen(canon), sk) != 0) {
+			free(canon);
+			json_decref(o);
+			return -1;
+		}
+		free(canon);
+		sodium_bin2base64(sig64, sizeof(sig64), sig, sizeof(sig),
+		    sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+		json_object_set_new(o, "sig", json_string(sig64));
+	}
+	out = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (out == NULL)
+		return -1;
+	snprintf(text, sizeof(text), "%s/%s/cmd", cfg.mqtt.prefix,
+	    cfg.locker_id);
 	memset(r, 0, sizeof(*r));
 	r->type = PLATFORM_MESSAGE;
-	r->topic = strdup("lockers/x/cmd");
-	r->payload = strdup(text);
-	r->len = (size_t)n;
+	r->topic = strdup(text);
+	r->payload = out;
+	r->len = strlen(out);
 	r->at = util_mono_ms();
 	if (r->topic == NULL || r->payload == NULL) {
 		free(r->topic);
@@ -1021,7 +1070,6 @@ static const uint8_t sign_seed[crypto_sign_SEEDBYTES] =
 static const uint8_t hash_key[32] = "test_powerloss: fixed code key";
 
 static struct lockerd d;        /* large; the bank points into it */
-static struct config cfg;
 static char dir[256], db_path[300], key_path[300];
 static char pin_hash[STAFF_HASH_MAX];
 static uint8_t sign_pk[crypto_sign_PUBLICKEYBYTES];
@@ -1090,8 +1138,16 @@ make_dir(void)
 	cfg.timing.unlock_confirm_ms = 600000;
 	/* Refused codes are the point here, not the throttle. */
 	cfg.kiosk.code_burst = 1000;
-	/* The platform link, to the fake above. */
+	/* The platform link, to the fake above, and the platform's key. */
 	util_strlcpy(cfg.mqtt.host, "platform.invalid", sizeof(cfg.mqtt.host));
+	{
+		uint8_t ppk[crypto_sign_PUBLICKEYBYTES];
+		uint8_t psk[crypto_sign_SECRETKEYBYTES];
+
+		crypto_sign_seed_keypair(ppk, psk, platform_seed);
+		sodium_bin2hex(cfg.mqtt.platform_key,
+		    sizeof(cfg.mqtt.platform_key), ppk, sizeof(ppk));
+	}
 	/* The least work Argon2id allows, so log-ins are cheap. */
 	return crypto_pwhash_str_alg(pin_hash, "123456", 6,
 	    crypto_pwhash_OPSLIMIT_MIN, crypto_pwhash_MEMLIMIT_MIN,
@@ -1956,9 +2012,11 @@ check_commands(sqlite3 *db, struct expect *e)
 	    strcmp(text, "0") == 0)
 		return e->nreplied == 0 ? 0 : fail_at(e, "the command log is "
 		    "gone, %d commands were answered", e->nreplied);
+	/* Only signed commands are kept (ping and state are not). */
 	for (i = 0; i < e->nreplied; i++)
-		if (command_state(db, e->replied[i], text, sizeof(text)) ==
-		    -1 || strcmp(text, "done") != 0)
+		if (strncmp(e->replied[i], "svc-", 4) == 0 &&
+		    (command_state(db, e->replied[i], text, sizeof(text)) ==
+		    -1 || strcmp(text, "done") != 0))
 			return fail_at(e, "command %s was answered, but its "
 			    "row is %s", e->replied[i], text[0] ? text : "lost");
 	if (query_text(db, "SELECT count(*) FROM events WHERE "

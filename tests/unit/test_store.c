@@ -603,6 +603,91 @@ test_events_after(void **state)
 	}
 }
 
+/* The command log of signed commands (link.c's exactly once). */
+static void
+test_command_log(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t d1[STORE_DIGEST_LEN], d2[STORE_DIGEST_LEN], got[STORE_DIGEST_LEN];
+	char st[16], *reply;
+	int has, i;
+
+	memset(d1, 1, sizeof(d1));
+	memset(d2, 2, sizeof(d2));
+	f->s = open_ok(f);
+	assert_int_equal(store_cmd_get(f->s, "r-1", st, sizeof(st), &reply,
+	    got, &has), 1);
+	/* Started: its row and its nonce, and a used nonce takes nothing. */
+	assert_int_equal(store_cmd_start(f->s, "r-1", "open", d1,
+	    "nonce-000000000001", 1000, 0), 0);
+	assert_int_equal(store_nonce_seen(f->s, "nonce-000000000001"), 1);
+	assert_int_equal(store_nonce_seen(f->s, "nonce-000000000002"), 0);
+	assert_int_equal(store_cmd_start(f->s, "r-2", "open", d2,
+	    "nonce-000000000001", 1000, 0), 1);
+	assert_int_equal(store_cmd_get(f->s, "r-2", st, sizeof(st), &reply,
+	    got, &has), 1);
+	assert_int_equal(store_cmd_get(f->s, "r-1", st, sizeof(st), &reply,
+	    got, &has), 0);
+	assert_string_equal(st, "started");
+	assert_null(reply);
+	assert_true(has);
+	assert_memory_equal(got, d1, sizeof(d1));
+	/* Done, with its reply; survives a reopen. */
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_cmd_done(f->s, "r-1", "{\"ok\":true}"), 0);
+	assert_int_equal(store_commit(f->s), 0);
+	reopen(f);
+	assert_int_equal(store_cmd_get(f->s, "r-1", st, sizeof(st), &reply,
+	    got, &has), 0);
+	assert_string_equal(st, "done");
+	assert_string_equal(reply, "{\"ok\":true}");
+	free(reply);
+	/* Put back from the ledger: a lost row and nonce come back as
+	 * started, a row with another digest gets the ledger's, a row in
+	 * place changes nothing. */
+	assert_int_equal(store_begin(f->s), 0);
+	assert_int_equal(store_cmd_restore(f->s, "r-3", "reserve", d2,
+	    "nonce-000000000003", 2000), 2);
+	assert_int_equal(store_cmd_restore(f->s, "r-1", "open", d1,
+	    "nonce-000000000001", 2000), 0);
+	assert_int_equal(store_cmd_restore(f->s, "r-1", "open", d2,
+	    "nonce-000000000001", 2000), 1);
+	assert_int_equal(store_commit(f->s), 0);
+	assert_int_equal(store_cmd_get(f->s, "r-3", st, sizeof(st), &reply,
+	    got, &has), 0);
+	assert_string_equal(st, "started");
+	assert_memory_equal(got, d2, sizeof(d2));
+	assert_int_equal(store_nonce_seen(f->s, "nonce-000000000003"), 1);
+	assert_int_equal(store_cmd_get(f->s, "r-1", st, sizeof(st), &reply,
+	    got, &has), 0);
+	free(reply);
+	assert_memory_equal(got, d2, sizeof(d2));
+	/* Pruned by age, then by count (the oldest go). */
+	for (i = 0; i < 10; i++) {
+		char id[16], nonce[32];
+
+		snprintf(id, sizeof(id), "p-%d", i);
+		snprintf(nonce, sizeof(nonce), "nonce-p-0000000%03d", i);
+		assert_int_equal(store_cmd_start(f->s, id, "open", d1, nonce,
+		    10000 + i, 0), 0);
+	}
+	assert_int_equal(store_cmd_prune(f->s, 5000, 100), 2);
+	assert_int_equal(store_cmd_get(f->s, "r-1", st, sizeof(st), &reply,
+	    got, &has), 1);
+	assert_int_equal(store_cmd_prune(f->s, 5000, 4), 6);
+	assert_int_equal(store_cmd_get(f->s, "p-5", st, sizeof(st), &reply,
+	    got, &has), 1);
+	assert_int_equal(store_cmd_get(f->s, "p-6", st, sizeof(st), &reply,
+	    got, &has), 0);
+	/* Nonces outlive their rows, for their own window. */
+	assert_int_equal(store_nonce_seen(f->s, "nonce-p-0000000000"), 1);
+	/* A later start drops nonces from before forget_before. */
+	assert_int_equal(store_cmd_start(f->s, "q-1", "open", d1,
+	    "nonce-000000000009", 20000, 10005), 0);
+	assert_int_equal(store_nonce_seen(f->s, "nonce-p-0000000004"), 0);
+	assert_int_equal(store_nonce_seen(f->s, "nonce-p-0000000005"), 1);
+}
+
 /*
  * store_check: usable as opened; not while another connection holds the
  * write lock (and it does not wait for it); not once the file is gone or
@@ -832,6 +917,8 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_mark_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_custody_checks, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_command_log, setup,
 		    teardown),
 	};
 
