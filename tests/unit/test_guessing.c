@@ -194,16 +194,24 @@ platform_drain(struct platform *p, struct platform_rep *out, int max)
 }
 
 int
-platform_publish(struct platform *p, const char *sub, const char *payload,
-    int qos, int retain, int *mid)
+platform_publish(struct platform *p, unsigned gen, const char *sub,
+    const char *payload, enum platform_class cls, int retain, int *mid)
 {
 	(void)p;
+	(void)gen;
 	(void)sub;
 	(void)payload;
-	(void)qos;
+	(void)cls;
 	(void)retain;
 	*mid = 0;
 	return -1;
+}
+
+void
+platform_stats(struct platform *p, struct platform_stats *out)
+{
+	(void)p;
+	memset(out, 0, sizeof(*out));
 }
 
 /* ---- The locker ------------------------------------------------------- */
