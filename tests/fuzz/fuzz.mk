@@ -107,7 +107,7 @@ $(FUZZ_BUILD)/fuzz_link: $(call fuzz_obj,$(FUZZ_DIR)/fuzz_link.c \
 		controller/codes.c controller/custody.c controller/staff.c \
 		controller/store.c controller/throttle.c controller/jsonl.c \
 		controller/log.c controller/util.c controller/config.c \
-		controller/mb.c controller/notify.c \
+		controller/mb.c controller/notify.c controller/mark.c \
 		proto/ledger.c proto/cmd.c) $(FUZZ_PROTO_OBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(FUZZ_LIBS)
 
